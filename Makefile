@@ -1,0 +1,52 @@
+# ovisnet — `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.ovisnet-installed
+PYTEST_FAST := -m "not slow and not gpu and not data"
+DATA_DIR ?= data/synthetic
+EXP ?= cmasktrack
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow test-gpu test-all lint format bench synthetic train clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv with the working torch/torchvision pair and ovisnet (editable, dev extras)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e ".[dev]" $(TORCH_PIN)
+	@touch $@
+
+test: install ## run the fast test suite (no GPU, no network, no real data)
+	$(BIN)/python -m pytest $(PYTEST_FAST) -q
+
+test-slow: install ## run the slow tests too (no GPU, no real data)
+	$(BIN)/python -m pytest -m "not gpu and not data" -q
+
+test-gpu: install ## run the GPU tests (needs a CUDA device)
+	$(BIN)/python -m pytest -m gpu -q
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format: install ## ruff format and autofix
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
+
+synthetic: install ## generate the synthetic OVIS-format set in $(DATA_DIR)
+	@test -f $(DATA_DIR)/annotations/valid.json || $(BIN)/python -m ovisnet.data.synthetic --out $(DATA_DIR)
+
+bench: install ## run the benchmarks (ratios measured side by side)
+	$(BIN)/python scripts/bench_correlation.py
+
+clean: ## remove build and test caches (keeps .venv and data/)
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""ovisnet.ops."""

@@ -1,0 +1,6 @@
+"""Typed containers: :class:`Instances` (one frame's objects) and clip samples / batches."""
+
+from ovisnet.structures.clip import ClipBatch, ClipSample, collate_clips
+from ovisnet.structures.instances import Instances
+
+__all__ = ["ClipBatch", "ClipSample", "Instances", "collate_clips"]

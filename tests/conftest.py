@@ -1,0 +1,107 @@
+"""Shared fixtures: a tiny hand-made dataset in the OVIS layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+
+def rle_uncompressed(mask: np.ndarray) -> dict:
+    """Uncompressed (column-major) RLE of a bool mask, as OVIS files store it."""
+    flat = mask.astype(np.uint8).flatten(order="F")
+    counts, current, run = [], 0, 0
+    for v in flat:
+        if v != current:
+            counts.append(run)
+            current, run = v, 0
+        run += 1
+    counts.append(run)
+    return {"size": list(mask.shape), "counts": [int(c) for c in counts]}
+
+
+def make_tiny_ovis(root: Path, *, with_occlusion: bool = True) -> dict:
+    """Write a 2-video dataset (5 and 1 frames, 32x48) and return its annotation dict.
+
+    Video 1: object 10 (category 1) moves right by 2 px per frame, object 11 (category 2) is
+    absent in frame 2. Video 2 has one frame and one object.
+    """
+    h, w = 32, 48
+    videos, anns = [], []
+    specs = {1: 5, 2: 1}
+    for vid, length in specs.items():
+        names = [f"v{vid}/{t:05d}.jpg" for t in range(length)]
+        for t, name in enumerate(names):
+            (root / "JPEGImages" / f"v{vid}").mkdir(parents=True, exist_ok=True)
+            img = np.full((h, w, 3), 40 * t, dtype=np.uint8)
+            Image.fromarray(img).save(root / "JPEGImages" / name)
+        videos.append({"id": vid, "width": w, "height": h, "length": length, "file_names": names})
+
+    def track(ann_id, vid, cat, boxes):
+        segs, bbs, areas, occ = [], [], [], []
+        for b in boxes:
+            if b is None:
+                segs.append(None), bbs.append(None), areas.append(None), occ.append(None)
+                continue
+            x, y, bw, bh = b
+            m = np.zeros((h, w), dtype=bool)
+            m[y : y + bh, x : x + bw] = True
+            segs.append(rle_uncompressed(m))
+            bbs.append([x, y, bw, bh])
+            areas.append(bw * bh)
+            occ.append("no_occlusion")
+        entry = {
+            "id": ann_id,
+            "video_id": vid,
+            "category_id": cat,
+            "iscrowd": 0,
+            "segmentations": segs,
+            "bboxes": bbs,
+            "areas": areas,
+        }
+        if with_occlusion:
+            entry["occlusion"] = occ
+        return entry
+
+    anns.append(track(10, 1, 1, [(2 + 2 * t, 4, 8, 6) for t in range(5)]))
+    anns.append(
+        track(
+            11, 1, 2, [(20, 10, 10, 12), (21, 10, 10, 12), None, (23, 10, 10, 12), (24, 10, 10, 12)]
+        )
+    )
+    comp = mask_utils.encode(
+        np.asfortranarray(np.pad(np.ones((5, 5), np.uint8), ((3, 24), (3, 40))))
+    )
+    comp["counts"] = comp["counts"].decode()
+    anns.append(
+        {
+            "id": 20,
+            "video_id": 2,
+            "category_id": 1,
+            "iscrowd": 0,
+            "segmentations": [comp],
+            "bboxes": [[3, 3, 5, 5]],
+            "areas": [25],
+        }
+    )
+    data = {
+        "info": {},
+        "licenses": [],
+        "videos": videos,
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}],
+    }
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "train.json").write_text(json.dumps(data))
+    return data
+
+
+@pytest.fixture
+def tiny_ovis(tmp_path: Path) -> tuple[Path, dict]:
+    """``(root, annotation dict)`` of the tiny dataset, written under a temporary folder."""
+    root = tmp_path / "tiny"
+    return root, make_tiny_ovis(root)
