@@ -7,10 +7,11 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.ovisnet-installed
 PYTEST_FAST := -m "not slow and not gpu and not data"
 DATA_DIR ?= data/synthetic
-EXP ?= cmasktrack
+EXP ?= cmasktrack_cpu
+ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-gpu test-all lint format bench synthetic train clean
+.PHONY: help install test test-slow test-gpu lint format bench synthetic stats train clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +44,12 @@ format: install ## ruff format and autofix
 
 synthetic: install ## generate the synthetic OVIS-format set in $(DATA_DIR)
 	@test -f $(DATA_DIR)/annotations/valid.json || $(BIN)/python -m ovisnet.data.synthetic --out $(DATA_DIR)
+
+stats: synthetic ## dataset statistics of the synthetic train split (plots in $(DATA_DIR)/stats)
+	$(BIN)/python -m ovisnet.stats $(DATA_DIR)/annotations/train.json --plots $(DATA_DIR)/stats
+
+train: synthetic ## train $(EXP) (default: the CPU CMaskTrack preset on the synthetic set), evaluate, print the AP table
+	$(BIN)/python -m ovisnet.train experiment=$(EXP) $(ARGS)
 
 bench: install ## run the benchmarks (ratios measured side by side)
 	$(BIN)/python scripts/bench_correlation.py

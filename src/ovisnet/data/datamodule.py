@@ -86,17 +86,22 @@ class VISDataModule(L.LightningDataModule):
 
         generate(self.root, **hp.synthetic)
 
+    def annotation_path(self, name: str) -> Path:
+        """Path of the annotation file of split ``train`` / ``val`` / ``test``."""
+        rel = getattr(self.hparams, f"{name}_ann")
+        if rel is None:
+            raise ValueError(f"no annotation file configured for the {name} split")
+        return self._path(rel)
+
     def load_split(self, name: str) -> VISAnnotations:
         """Parse (once) and validate the split ``train`` / ``val`` / ``test``."""
         if name not in self.splits:
-            rel = getattr(self.hparams, f"{name}_ann")
-            if rel is None:
-                raise ValueError(f"no annotation file configured for the {name} split")
-            ann = load_annotations(self._path(rel), image_root=self.root / "JPEGImages")
+            path = self.annotation_path(name)
+            ann = load_annotations(path, image_root=self.root / "JPEGImages")
             expected = self.hparams.num_classes
             if expected is not None and ann.num_classes != expected:
                 raise ValueError(
-                    f"{self._path(rel)} has {ann.num_classes} categories, the config says "
+                    f"{path} has {ann.num_classes} categories, the config says "
                     f"num_classes={expected}"
                 )
             if self.hparams.check_files:

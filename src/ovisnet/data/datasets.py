@@ -77,7 +77,7 @@ class _VideoFrames:
         if not path.is_file():
             raise FileNotFoundError(f"video {video.id}: frame {t} file missing: {path}")
         with Image.open(path) as img:
-            image = torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1)
+            image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
         if tuple(image.shape[-2:]) != (video.height, video.width):
             raise ValueError(
                 f"video {video.id}: frame {t} ({path}) is {image.shape[-1]}x{image.shape[-2]}, "

@@ -1,1 +1,20 @@
-"""ovisnet.tracking."""
+"""ovisnet.tracking: online association of per-frame detections into tracks (no Lightning/Hydra).
+
+``OnlineTracker`` (one per video) implements MaskTrack R-CNN's inference tracking (SPEC-models.md
+§2.3), shared by MaskTrack R-CNN, CMaskTrack R-CNN, SipMask-VIS and CSipMask; the association
+score (Eq. 3) is the single function ``association_scores``.
+"""
+
+from __future__ import annotations
+
+from ovisnet.tracking.association import MatchWeights, association_scores
+from ovisnet.tracking.memory import TrackMemory
+from ovisnet.tracking.tracker import OnlineTracker, oracle_detections
+
+__all__ = [
+    "MatchWeights",
+    "OnlineTracker",
+    "TrackMemory",
+    "association_scores",
+    "oracle_detections",
+]

@@ -1,0 +1,194 @@
+"""The Lightning "system" around a plain video instance segmentation model.
+
+It owns the optimiser, the schedule, the logging and the streamed whole-video evaluation; the
+model (an ``nn.Module`` with ``loss`` / ``extract_features`` / ``detect`` / ``embed``) knows
+nothing of Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ovisnet.evaluation import evaluate_results
+from ovisnet.evaluation.formatting import write_results
+from ovisnet.structures import ClipBatch
+from ovisnet.tracking.predictor import VideoPredictor
+from ovisnet.tracking.tracker import OnlineTracker
+
+# Logged validation metrics (percent), in the order of the printed table.
+METRIC_KEYS = ("AP", "AP50", "AP75", "AR1", "AR10", "AP_SO", "AP_MO", "AP_HO")
+
+
+def warmup_multistep(
+    step: int,
+    *,
+    warmup_steps: int,
+    warmup_ratio: float,
+    milestones: list[int],
+    gamma: float = 0.1,
+) -> float:
+    """LR factor: linear warm-up from ``warmup_ratio`` over ``warmup_steps``, then ×gamma steps.
+
+    ``milestones`` are optimiser steps (the mmdet recipe: warm-up 500 iterations from 1/3,
+    ×0.1 at epochs 8 and 11).
+    """
+    factor = gamma ** sum(step >= m for m in milestones)
+    if step < warmup_steps:
+        factor *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
+    return factor
+
+
+class VISSystem(L.LightningModule):
+    """Train with the model's losses; validate by streaming whole videos through the tracker.
+
+    Args:
+        model: the plain model.
+        optimizer: factory ``params -> torch.optim.Optimizer`` (Hydra ``_partial_``).
+        tracker: factory ``() -> OnlineTracker`` (Hydra ``_partial_``), one call per video.
+        paste: mask pasting function of the model family (``instances, image_size=,
+            original_size= -> instances``).
+        warmup_steps: linear warm-up length in optimiser steps.
+        warmup_ratio: LR factor at step 0.
+        lr_steps: epochs after which the LR is multiplied by ``lr_gamma``.
+        lr_gamma: the step factor.
+        eps_test: test reference distance of calibrated models.
+        oracle: feed ground truth to the tracker instead of detections (OVIS oracle study).
+        results_dir: where each validation's ``results.json`` / ``results.zip`` go (default:
+            ``<trainer.default_root_dir>/results``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        tracker: Callable[[], OnlineTracker],
+        paste: Callable[..., Any],
+        *,
+        warmup_steps: int = 500,
+        warmup_ratio: float = 1.0 / 3.0,
+        lr_steps: tuple[int, ...] = (8, 11),
+        lr_gamma: float = 0.1,
+        eps_test: int = 3,
+        oracle: bool = False,
+        results_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer", "tracker", "paste"])
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.tracker_factory = tracker
+        self.paste = paste
+        self._predictors: dict[int, VideoPredictor] = {}
+        self._results: list[dict[str, Any]] = []
+        self.last_metrics: dict[str, float] = {}
+
+    # -- training -----------------------------------------------------------------------------
+    def training_step(self, batch: ClipBatch, batch_idx: int) -> torch.Tensor:
+        losses = self.model.loss(batch)
+        total = sum(losses.values())
+        bs = len(batch)
+        for key, value in losses.items():
+            self.log(f"train/{key}", value, batch_size=bs)
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        return total
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        steps_per_epoch = max(1, math.ceil(self.trainer.estimated_stepping_batches))
+        if self.trainer.max_epochs and self.trainer.max_epochs > 0:
+            steps_per_epoch = max(1, steps_per_epoch // self.trainer.max_epochs)
+        hp = self.hparams
+        milestones = [e * steps_per_epoch for e in hp.lr_steps]
+
+        def schedule(step: int) -> float:
+            return warmup_multistep(
+                step,
+                warmup_steps=hp.warmup_steps,
+                warmup_ratio=hp.warmup_ratio,
+                milestones=milestones,
+                gamma=hp.lr_gamma,
+            )
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        lr_scheduler = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+
+    # -- streamed evaluation ------------------------------------------------------------------
+    def _split(self, prefix: str) -> str:
+        if prefix == "test" and self.trainer.datamodule.hparams.test_ann is not None:
+            return "test"
+        return "val"
+
+    def _eval_step(self, batch: ClipBatch, prefix: str) -> None:
+        if len(batch) != 1 or batch.images.shape[1] != 1:
+            raise ValueError("evaluation streams one frame per batch")
+        video_id, t = batch.video_ids[0], batch.frame_indices[0][0]
+        if t == 0:
+            ann = self.trainer.datamodule.load_split(self._split(prefix))
+            self._predictors[video_id] = VideoPredictor(
+                self.model,
+                self.tracker_factory(),
+                self.paste,
+                video_id=video_id,
+                length=batch.video_lengths[0],
+                image_size=batch.image_sizes[0],
+                original_size=batch.original_sizes[0],
+                category_ids=[c.id for c in ann.categories],
+                eps_test=self.hparams.eps_test,
+                oracle=self.hparams.oracle,
+            )
+        predictor = self._predictors[video_id]
+        target = batch.targets[0][0] if batch.targets is not None else None
+        predictor.push(batch.images[0, 0], target)
+        if predictor.done:
+            self._results.extend(predictor.finalize())
+            del self._predictors[video_id]
+
+    def validation_step(self, batch: ClipBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: ClipBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _gather_results(self) -> list[dict[str, Any]]:
+        results, self._results = self._results, []
+        self._predictors.clear()  # videos cut short (sanity check, limit_val_batches)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, results)
+            results = [r for part in gathered for r in part]
+        return sorted(results, key=lambda r: (r["video_id"], -r["score"]))
+
+    def _finish_evaluation(self, prefix: str) -> None:
+        results = self._gather_results()
+        if self.trainer.sanity_checking:
+            return
+        dm = self.trainer.datamodule
+        split = self._split(prefix)
+        if self.trainer.is_global_zero:
+            out = Path(self.hparams.results_dir or Path(self.trainer.default_root_dir) / "results")
+            write_results(results, out / f"{prefix}_epoch{self.current_epoch:03d}")
+        ann = dm.load_split(split)
+        if not ann.has_annotations:
+            return
+        metrics = evaluate_results(str(dm.annotation_path(split)), results)
+        self.last_metrics = {k: 100.0 * v for k, v in metrics.items()}
+        for key in METRIC_KEYS:
+            if key in self.last_metrics:
+                self.log(f"{prefix}/{key}", self.last_metrics[key], sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")

@@ -1,0 +1,72 @@
+"""Hydra entry point: ``python -m ovisnet.train experiment=cmasktrack [overrides]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ovisnet.lit.system import METRIC_KEYS
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """Instantiate the DataModule, the plain model and the system around it."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    if cfg.get("init_from"):
+        from ovisnet.models.checkpoint import load_coco_maskrcnn
+
+        report = load_coco_maskrcnn(model, cfg.init_from)
+        print(report)
+    system = instantiate(cfg.system, model=model, _convert_="all")
+    return datamodule, system
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Lightning Trainer with the configured callbacks and loggers."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def format_table(metrics: dict[str, float], title: str = "") -> str:
+    """The AP table (percent) as aligned text."""
+    keys = [k for k in METRIC_KEYS if k in metrics]
+    head = " ".join(f"{k:>7}" for k in keys)
+    row = " ".join(f"{metrics[k]:7.2f}" for k in keys)
+    return f"{title}\n{head}\n{row}" if title else f"{head}\n{row}"
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train (and by default evaluate the best checkpoint); returns the final metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, system = build(cfg)
+    trainer = build_trainer(cfg)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("evaluate_after_training") and datamodule.hparams.val_ann is not None:
+        checkpoint = trainer.checkpoint_callback
+        ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        trainer.validate(system, datamodule=datamodule, ckpt_path=ckpt)
+        metrics = dict(system.last_metrics)
+        if trainer.is_global_zero and metrics:
+            print(format_table(metrics, f"validation ({ckpt or 'last'} checkpoint), percent:"))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Run :func:`train`; returns val/AP for Hydra sweepers."""
+    OmegaConf.resolve(cfg)
+    metrics = train(cfg)
+    return metrics.get("AP")
+
+
+if __name__ == "__main__":
+    main()
