@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ovisnet.evaluation import evaluate_results
+from ovisnet.evaluation import GroundTruth, evaluate_results
 from ovisnet.evaluation.formatting import write_results
 from ovisnet.structures import ClipBatch
 from ovisnet.tracking.predictor import VideoPredictor
@@ -88,6 +88,7 @@ class VISSystem(L.LightningModule):
         self.paste = paste
         self._predictors: dict[int, VideoPredictor] = {}
         self._results: list[dict[str, Any]] = []
+        self._ground_truth: dict[str, GroundTruth] = {}  # parsed once per split
         self.last_metrics: dict[str, float] = {}
 
     # -- training -----------------------------------------------------------------------------
@@ -181,7 +182,9 @@ class VISSystem(L.LightningModule):
         ann = dm.load_split(split)
         if not ann.has_annotations:
             return
-        metrics = evaluate_results(str(dm.annotation_path(split)), results)
+        if split not in self._ground_truth:
+            self._ground_truth[split] = GroundTruth.from_source(str(dm.annotation_path(split)))
+        metrics = evaluate_results(self._ground_truth[split], results)
         self.last_metrics = {k: 100.0 * v for k, v in metrics.items()}
         for key in METRIC_KEYS:
             if key in self.last_metrics:

@@ -25,9 +25,9 @@ from torchvision.models.detection.rpn import (
 )
 
 from ovisnet.models.backbones import FPN_STRIDES
-from ovisnet.models.roi_heads import ROI_LEVELS, FeatureMaps, MaskTrackRoIHeads, RCNNConfig
+from ovisnet.models.roi_heads import ROI_LEVELS, MaskTrackRoIHeads, RCNNConfig
 from ovisnet.models.track_head import TrackEmbedHead, match_logits, match_targets, track_loss
-from ovisnet.structures import ClipBatch, Instances
+from ovisnet.structures import ClipBatch, FeatureMaps, Instances
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)

@@ -30,9 +30,8 @@ from torchvision.models.detection.roi_heads import (
 )
 from torchvision.ops import MultiScaleRoIAlign
 
-from ovisnet.structures import Instances
+from ovisnet.structures import FeatureMaps, Instances
 
-FeatureMaps = dict[str, Tensor]
 ROI_LEVELS = ["0", "1", "2", "3"]
 """FPN levels P2–P5 pooled by the RoI heads (P6 feeds only the RPN)."""
 

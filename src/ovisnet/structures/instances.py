@@ -12,6 +12,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
+FeatureMaps = dict[str, Tensor]
+"""FPN levels by name (``'0'``..``'3'`` = P2–P5, ``'pool'`` = P6), each ``(B, C, H / s, W / s)``."""
+
 
 @dataclass
 class Instances:

@@ -20,10 +20,8 @@ from torch import Tensor
 
 from ovisnet.data.sampling import reference_frames
 from ovisnet.evaluation.formatting import VideoResultBuilder
-from ovisnet.structures import Instances
+from ovisnet.structures import FeatureMaps, Instances
 from ovisnet.tracking.tracker import OnlineTracker, oracle_detections
-
-FeatureMaps = dict[str, Tensor]
 
 
 class TrackingDetector(Protocol):
