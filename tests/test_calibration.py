@@ -97,6 +97,19 @@ def test_zero_offsets_reduce_to_a_3x3_conv_of_the_reference_plus_query(fusion):
     torch.testing.assert_close(module(query, reference), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("deform_backend", ["sampled", "torchvision"])
+def test_deform_backends_agree(deform_backend):
+    query, reference = _features(seed=6)
+    module = _module("calibration", seed=6, deform_backend=deform_backend)
+    with torch.no_grad():
+        module.offset_head.bias.normal_(0.0, 2.0)  # non-trivial offsets
+    expected = _module("calibration", seed=6, deform_backend="torchvision")
+    expected.load_state_dict(module.state_dict())
+    torch.testing.assert_close(
+        module(query, reference), expected(query, reference), atol=1e-5, rtol=1e-5
+    )
+
+
 def test_calibration_offsets_read_the_normalised_correlation():
     query, reference = _features(seed=4)
     module = _module("calibration")

@@ -95,6 +95,12 @@ class VISSystem(L.LightningModule):
     def training_step(self, batch: ClipBatch, batch_idx: int) -> torch.Tensor:
         losses = self.model.loss(batch)
         total = sum(losses.values())
+        if not torch.isfinite(total):
+            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.global_step} ({bad}): the run diverged; "
+                "lower system.optimizer.lr or lengthen system.warmup_steps"
+            )
         bs = len(batch)
         for key, value in losses.items():
             self.log(f"train/{key}", value, batch_size=bs)

@@ -21,30 +21,43 @@ FPN_STRIDES = (4, 8, 16, 32)
 
 
 def resnet_fpn(
-    name: str = "resnet50", *, trainable_layers: int = 3, frozen_bn: bool = True
+    name: str = "resnet50",
+    *,
+    trainable_layers: int = 3,
+    frozen_bn: bool = True,
+    out_channels: int = 256,
 ) -> BackboneWithFPN:
-    """A torchvision ResNet with a 256-channel FPN (``resnet_fpn_backbone``, ``weights=None``).
+    """A torchvision ResNet with an FPN (``resnet_fpn_backbone``, ``weights=None``).
 
     The MaskTrack R-CNN setting is ``resnet50`` with ``trainable_layers=3`` (stem and layer1
-    frozen) and frozen batch norm (SPEC §1.3).
+    frozen), frozen batch norm and a 256-channel FPN (SPEC §1.3).
 
     Args:
         name: torchvision ResNet name (``resnet18``, ``resnet50``, ``resnet101``, ...).
         trainable_layers: number of trainable stages counted from layer4 (0–5).
         frozen_bn: use ``FrozenBatchNorm2d`` (statistics and affine fixed); False gives plain
             ``BatchNorm2d``, useful when training a small backbone from scratch.
+        out_channels: FPN width. 256 is the paper's (and the only one COCO Mask R-CNN weights
+            fit); narrower FPNs make the light CPU presets.
 
     Returns:
         torchvision ``BackboneWithFPN``: ``(B, 3, H, W)`` float → levels ``'0'``..``'3'``,
-        ``'pool'`` of ``(B, 256, H / s, W / s)``.
+        ``'pool'`` of ``(B, out_channels, H / s, W / s)``.
     """
-    return resnet_fpn_backbone(
+    model = resnet_fpn_backbone(
         backbone_name=name,
         weights=None,
         norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d,
         trainable_layers=trainable_layers,
         extra_blocks=LastLevelMaxPool(),
     )
+    if out_channels != model.out_channels:
+        in_channels = [block[0].in_channels for block in model.fpn.inner_blocks]
+        model.fpn = FeaturePyramidNetwork(
+            in_channels, out_channels, extra_blocks=LastLevelMaxPool()
+        )
+        model.out_channels = out_channels
+    return model
 
 
 class TimmFPN(nn.Module):

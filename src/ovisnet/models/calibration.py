@@ -13,9 +13,9 @@ from typing import Literal, TypeVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import DeformConv2d
 
 from ovisnet.ops.correlation import Backend, correlation
+from ovisnet.ops.deform_conv import DeformBackend, DeformConv2d
 
 Fusion = Literal["calibration", "difference", "add"]
 FUSIONS: tuple[str, ...] = ("calibration", "difference", "add")
@@ -46,6 +46,9 @@ class TemporalFeatureCalibration(nn.Module):
         zero_init_offsets: Zero the 18-channel offset conv so that the module starts as a plain
             3x3 conv of R plus Q (the official code keeps PyTorch's default init).
         correlation_backend: ``backend`` of :func:`ovisnet.ops.correlation.correlation`.
+        deform_backend: kernel of the deformable conv (see
+            :class:`ovisnet.ops.deform_conv.DeformConv2d`; ``"auto"`` = the grid-sample path on
+            CPU, torchvision's kernel on GPU).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class TemporalFeatureCalibration(nn.Module):
         hidden_channels: int = 256,
         zero_init_offsets: bool = False,
         correlation_backend: Backend = "auto",
+        deform_backend: DeformBackend = "auto",
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -85,7 +89,9 @@ class TemporalFeatureCalibration(nn.Module):
             nn.init.zeros_(self.offset_head.weight)
             nn.init.zeros_(self.offset_head.bias)
         # torchvision's default init is uniform(±1/sqrt(C*9)), the official DCN init.
-        self.deform_conv = DeformConv2d(channels, channels, 3, padding=1, bias=False)
+        self.deform_conv = DeformConv2d(
+            channels, channels, 3, padding=1, bias=False, backend=deform_backend
+        )
 
     def offset_features(self, query: Tensor, reference: Tensor) -> Tensor:
         """Input of the offset branch.
