@@ -105,3 +105,34 @@ def tiny_ovis(tmp_path: Path) -> tuple[Path, dict]:
     """``(root, annotation dict)`` of the tiny dataset, written under a temporary folder."""
     root = tmp_path / "tiny"
     return root, make_tiny_ovis(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> Path:
+    """A 4-video synthetic set (5 frames, 96x64): 3 train videos, 1 validation video."""
+    from ovisnet.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, seed=3, num_videos=4, num_frames=5, size=(96, 64), valid_fraction=0.25)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_train_overrides(tiny_synthetic: Path) -> list[str]:
+    """Hydra overrides that shrink an experiment to seconds on ``tiny_synthetic``."""
+    return [
+        "data=synthetic",
+        "trainer=cpu",
+        "model/backbone=timm_fpn",
+        f"data.root={tiny_synthetic}",
+        "data.max_size=[96,64]",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "trainer.max_epochs=1",
+        "trainer.check_val_every_n_epoch=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.enable_progress_bar=false",
+        "model.rpn.pre_nms_top_n=50",
+        "model.rpn.post_nms_top_n=50",
+        "model.rcnn.detections_per_img=10",
+    ]

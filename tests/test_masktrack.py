@@ -388,3 +388,26 @@ def test_load_coco_maskrcnn_old_key_layout_and_missing_file(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="not found"):
         load_coco_maskrcnn(model, tmp_path / "absent.pth")
+
+
+def test_rcnn_box_losses_beta_one_and_torchvision_equivalence():
+    from torchvision.models.detection.roi_heads import fastrcnn_loss
+
+    from ovisnet.models.roi_heads import rcnn_box_losses
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 3, generator=gen)
+    deltas = torch.randn(5, 12, generator=gen)
+    labels = [torch.tensor([0, 2, 1]), torch.tensor([1, 0])]
+    targets = [torch.randn(3, 4, generator=gen), torch.randn(2, 4, generator=gen)]
+    # beta 1/9 is torchvision's loss exactly
+    tv_cls, tv_box = fastrcnn_loss(logits, deltas, labels, targets)
+    cls, box = rcnn_box_losses(logits, deltas, labels, targets, beta=1 / 9)
+    torch.testing.assert_close((cls, box), (tv_cls, tv_box))
+    # beta 1 (the MaskTrack recipe), by hand: positives 1 (class 2), 2 (class 1), 3 (class 1)
+    flat = torch.cat(targets)
+    chosen = torch.stack([deltas[1, 8:12], deltas[2, 4:8], deltas[3, 4:8]])
+    diff = (chosen - flat[[1, 2, 3]]).abs()
+    expected = torch.where(diff < 1, 0.5 * diff**2, diff - 0.5).sum() / 5
+    _, box_one = rcnn_box_losses(logits, deltas, labels, targets, beta=1.0)
+    torch.testing.assert_close(box_one, expected)

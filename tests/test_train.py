@@ -9,7 +9,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from ovisnet.data.synthetic import generate
 from ovisnet.evaluation import evaluate_results
 from ovisnet.train import CONFIG_DIR, train
 
@@ -41,33 +40,10 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
     assert datamodule.hparams.eps_train == 5
 
 
-@pytest.fixture(scope="module")
-def tiny_synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, seed=3, num_videos=4, num_frames=5, size=(96, 64), valid_fraction=0.25)
-    return root
-
-
 @pytest.mark.parametrize("experiment", ["masktrack", "cmasktrack_cpu"])
-def test_train_and_evaluate_end_to_end(experiment, tiny_synthetic, tmp_path):
+def test_train_and_evaluate_end_to_end(experiment, tiny_synthetic, tiny_train_overrides, tmp_path):
     cfg = _compose(
-        [
-            f"experiment={experiment}",
-            "data=synthetic",
-            "trainer=cpu",
-            "model/backbone=timm_fpn",
-            f"data.root={tiny_synthetic}",
-            "data.max_size=[96,64]",
-            "data.num_workers=0",
-            "data.batch_size=2",
-            "trainer.max_epochs=1",
-            "+trainer.limit_train_batches=2",
-            "+trainer.enable_progress_bar=false",
-            f"paths.output_dir={tmp_path}",
-            "model.rpn.pre_nms_top_n=50",
-            "model.rpn.post_nms_top_n=50",
-            "model.rcnn.detections_per_img=10",
-        ]
+        [f"experiment={experiment}", *tiny_train_overrides, f"paths.output_dir={tmp_path}"]
     )
     metrics = train(cfg)
     assert set(metrics) >= {"AP", "AP50", "AR1", "AR10", "AP_SO", "AP_MO", "AP_HO"}

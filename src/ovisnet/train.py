@@ -7,6 +7,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -52,12 +53,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("evaluate_after_training") and datamodule.hparams.val_ann is not None:
         checkpoint = trainer.checkpoint_callback
-        ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        trainer.validate(system, datamodule=datamodule, ckpt_path=ckpt)
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if best and _checkpoint_epoch(best) == system.last_eval_epoch and system.last_metrics:
+            title = f"validation (best checkpoint {Path(best).name}, its own validation), percent:"
+        else:
+            trainer.validate(system, datamodule=datamodule, ckpt_path="best" if best else None)
+            title = f"validation ({Path(best).name if best else 'last weights'}), percent:"
         metrics = dict(system.last_metrics)
         if trainer.is_global_zero and metrics:
-            print(format_table(metrics, f"validation ({ckpt or 'last'} checkpoint), percent:"))
+            print(format_table(metrics, title))
+            if system.last_results_dir is not None:
+                print(f"results: {system.last_results_dir}/results.json (+ results.zip)")
     return metrics
+
+
+def _checkpoint_epoch(path: str) -> int | None:
+    """The epoch stored in a Lightning checkpoint (memory-mapped: the weights are not read)."""
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return state.get("epoch")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

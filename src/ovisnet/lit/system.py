@@ -8,11 +8,13 @@ nothing of Lightning.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -90,6 +92,10 @@ class VISSystem(L.LightningModule):
         self._results: list[dict[str, Any]] = []
         self._ground_truth: dict[str, GroundTruth] = {}  # parsed once per split
         self.last_metrics: dict[str, float] = {}
+        # the last evaluation's results (RLE entries) and where they were written, for callbacks
+        self.last_results: list[dict[str, Any]] = []
+        self.last_results_dir: Path | None = None
+        self.last_eval_epoch: int | None = None
 
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: ClipBatch, batch_idx: int) -> torch.Tensor:
@@ -129,6 +135,34 @@ class VISSystem(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         lr_scheduler = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+
+    # -- exact resume ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the random generators (RPN / R-CNN sampling draw from torch's global RNG)."""
+        # plain containers and tensors only: Lightning loads checkpoints with weights_only=True
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        states: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": [version, list(internal), gauss_next],
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng_states"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the random generators saved by :meth:`on_save_checkpoint` (if any)."""
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = states["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     # -- streamed evaluation ------------------------------------------------------------------
     def _split(self, prefix: str) -> str:
@@ -182,9 +216,12 @@ class VISSystem(L.LightningModule):
             return
         dm = self.trainer.datamodule
         split = self._split(prefix)
+        self.last_results = results
+        self.last_eval_epoch = self.current_epoch
         if self.trainer.is_global_zero:
             out = Path(self.hparams.results_dir or Path(self.trainer.default_root_dir) / "results")
-            write_results(results, out / f"{prefix}_epoch{self.current_epoch:03d}")
+            self.last_results_dir = out / f"{prefix}_epoch{self.current_epoch:03d}"
+            write_results(results, self.last_results_dir)
         ann = dm.load_split(split)
         if not ann.has_annotations:
             return

@@ -19,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import (
     RoIHeads,
-    fastrcnn_loss,
     maskrcnn_inference,
     maskrcnn_loss,
 )
@@ -51,6 +51,8 @@ class RCNNConfig:
         detections_per_img: detections kept per image after NMS.
         representation_size: width of the two box-head FC layers.
         mask_channels: width of the four mask-head convolutions.
+        box_loss_beta: smooth-L1 β of the box regression loss: 1.0 in MaskTrack / CMaskTrack
+            R-CNN (mmdetection's R-CNN head); torchvision's ``fastrcnn_loss`` uses 1/9.
     """
 
     fg_iou_thresh: float = 0.5
@@ -63,6 +65,38 @@ class RCNNConfig:
     detections_per_img: int = 100
     representation_size: int = 1024
     mask_channels: int = 256
+    box_loss_beta: float = 1.0
+
+
+def rcnn_box_losses(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    labels: list[Tensor],
+    regression_targets: list[Tensor],
+    *,
+    beta: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Softmax cross-entropy and smooth-L1 box loss of the sampled RoIs (SPEC §2.2).
+
+    Both are normalised by the number of sampled RoIs; the box loss sums the four coordinates of
+    the positives' ground-truth class deltas. ``beta=1/9`` gives torchvision's ``fastrcnn_loss``.
+
+    Args:
+        class_logits: ``(K, C + 1)``.
+        box_deltas: ``(K, 4 (C + 1))`` class-specific deltas.
+        labels: per image ``(K_i,)`` classes, 1-based, 0 = background.
+        regression_targets: per image ``(K_i, 4)`` encoded targets.
+
+    Returns:
+        ``(loss_cls, loss_box)`` scalars.
+    """
+    labels_all = torch.cat(labels)
+    targets = torch.cat(regression_targets)
+    loss_cls = F.cross_entropy(class_logits, labels_all)
+    pos = torch.where(labels_all > 0)[0]
+    deltas = box_deltas.reshape(len(labels_all), -1, 4)[pos, labels_all[pos]]
+    loss_box = F.smooth_l1_loss(deltas, targets[pos], beta=beta, reduction="sum")
+    return loss_cls, loss_box / max(1, labels_all.numel())
 
 
 @dataclass
@@ -125,6 +159,7 @@ class MaskTrackRoIHeads(RoIHeads):
             mask_predictor=MaskRCNNPredictor(cfg.mask_channels, cfg.mask_channels, num_classes + 1),
         )
         self.num_classes = num_classes
+        self.box_loss_beta = cfg.box_loss_beta
 
     def sample(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> SampledRoIs:
         """Add the ground truth to the proposals, match and sample them (torchvision's sampler).
@@ -203,8 +238,12 @@ class MaskTrackRoIHeads(RoIHeads):
             ``loss_cls``, ``loss_box``, ``loss_mask`` scalars.
         """
         class_logits, box_deltas = self.box_predictions([features], sampled.boxes, canvas)
-        loss_cls, loss_box = fastrcnn_loss(
-            class_logits, box_deltas, sampled.labels, sampled.regression_targets
+        loss_cls, loss_box = rcnn_box_losses(
+            class_logits,
+            box_deltas,
+            sampled.labels,
+            sampled.regression_targets,
+            beta=self.box_loss_beta,
         )
         pos_boxes, pos_matched = sampled.positives()
         loss_mask = maskrcnn_loss(

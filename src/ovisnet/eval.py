@@ -1,0 +1,164 @@
+"""Evaluate a trained checkpoint: ``python -m ovisnet.eval ckpt_path=RUN/checkpoints/x.ckpt``.
+
+The model, data and system are rebuilt from the training run's saved Hydra config
+(``RUN/.hydra/config.yaml``, found next to the checkpoint's ``checkpoints/`` folder, or given with
+``config=PATH``); the weights come from the checkpoint. The split is streamed video by video,
+``results.json`` and ``results.zip`` are written, and the AP table is printed when the split has
+ground truth.
+
+Arguments are ``key=value`` pairs. The evaluation's own keys:
+
+* ``ckpt_path`` (required): the Lightning checkpoint.
+* ``split``: ``val`` (default) or ``test`` (the data config's ``test_ann``, e.g. OVIS test).
+* ``config``: the run config, when it is not at ``<run>/.hydra/config.yaml``.
+* ``output_dir``: where results go (default ``<run>/eval/<split>_<checkpoint name>``).
+
+Every other ``key=value`` overrides the run config with OmegaConf dot-list syntax, e.g.
+``data.root=/data/ovis data.eps_test=5 system.oracle=true trainer.devices=2``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ovisnet.train import build, format_table
+
+EVAL_KEYS = ("ckpt_path", "split", "config", "output_dir")
+USAGE = __doc__
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split ``key=value`` arguments into the evaluation's keys and run-config overrides."""
+    own: dict[str, str] = {}
+    overrides: list[str] = []
+    for arg in argv:
+        if "=" not in arg:
+            raise SystemExit(f"ovisnet.eval: expected key=value, got {arg!r}\n\n{USAGE}")
+        key, value = arg.split("=", 1)
+        if key in EVAL_KEYS:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    if "ckpt_path" not in own:
+        raise SystemExit(f"ovisnet.eval: ckpt_path=... is required\n\n{USAGE}")
+    split = own.setdefault("split", "val")
+    if split not in ("val", "test"):
+        raise SystemExit(f"ovisnet.eval: split must be val or test, got {split!r}")
+    return own, overrides
+
+
+def run_config(ckpt_path: Path, config: str | None = None) -> Path:
+    """The saved Hydra config of the run that wrote ``ckpt_path``."""
+    if config is not None:
+        path = Path(config)
+    else:
+        path = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no run config at {path}: checkpoints written by `python -m ovisnet.train` live in "
+            "<run>/checkpoints/ next to <run>/.hydra/config.yaml; pass config=PATH otherwise"
+        )
+    return path
+
+
+def load_config(config_path: Path, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The run config with the overrides applied and ``paths.output_dir`` set to ``output_dir``."""
+    cfg = OmegaConf.load(config_path)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{config_path} is not a mapping")
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    # the saved config still holds ${hydra:...}; outside Hydra the output dir is set explicitly
+    cfg.paths.output_dir = str(output_dir)
+    cfg.init_from = None  # the checkpoint holds every weight
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def evaluate(
+    ckpt_path: str | Path,
+    *,
+    split: str = "val",
+    config: str | None = None,
+    output_dir: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Rebuild the run's model, load ``ckpt_path``, stream ``split`` and write its results.
+
+    Returns:
+        ``{"metrics": {key: percent}, "results_dir": path}``; metrics are empty for a split
+        without ground truth.
+    """
+    ckpt = Path(ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+    config_path = run_config(ckpt, config)
+    out = (
+        Path(output_dir)
+        if output_dir
+        else config_path.parent.parent / "eval" / (f"{split}_{ckpt.stem}")
+    )
+    cfg = load_config(config_path, overrides or [], out)
+    if split == "test" and cfg.data.get("test_ann") is None:
+        raise ValueError(
+            "split=test needs data.test_ann (e.g. data.test_ann=annotations/test.json)"
+        )
+    datamodule, system = build(cfg)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    system.load_state_dict(state["state_dict"])
+    system.hparams.results_dir = str(out)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        default_root_dir=str(out),
+    )
+    if split == "val":
+        trainer.validate(system, datamodule=datamodule)
+    else:
+        trainer.test(system, datamodule=datamodule)
+    metrics = dict(system.last_metrics)
+    results_dir = system.last_results_dir
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {
+            "ckpt_path": str(ckpt),
+            "split": split,
+            "epoch": state.get("epoch"),
+            "results_dir": str(results_dir),
+            "metrics": metrics,
+        }
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        print(f"results: {results_dir}/results.json (+ results.zip)")
+        if metrics:
+            print(format_table(metrics, f"{split} split, {ckpt.name}, percent:"))
+        else:
+            print(f"the {split} split has no ground truth: no metrics")
+    return {"metrics": metrics, "results_dir": results_dir}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return
+    own, overrides = parse_args(args)
+    evaluate(
+        own["ckpt_path"],
+        split=own["split"],
+        config=own.get("config"),
+        output_dir=own.get("output_dir"),
+        overrides=overrides,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The command lines: Hydra train runs, evaluation from a checkpoint, resume, sweeps, SLURM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from ovisnet.eval import evaluate, main, parse_args
+from ovisnet.evaluation import evaluate_results
+from ovisnet.train import CONFIG_DIR, train
+
+REPO = Path(CONFIG_DIR).parent
+
+
+def _compose(overrides: list[str], **kwargs):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides, **kwargs)
+
+
+def _run_train_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ovisnet.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_synthetic, tiny_train_overrides, tmp_path_factory) -> Path:
+    """One real `python -m ovisnet.train` run of CMaskTrack on the tiny set."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    _run_train_cli(
+        ["experiment=cmasktrack_cpu", *tiny_train_overrides, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+    )
+    return run_dir
+
+
+def test_cli_run_saves_config_checkpoints_and_results(cli_run):
+    assert (cli_run / ".hydra" / "config.yaml").is_file()
+    assert (cli_run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((cli_run / "checkpoints").glob("epoch*.ckpt"))) == 1
+    assert (cli_run / "results" / "val_epoch000" / "results.zip").is_file()
+
+
+def test_eval_from_checkpoint_rebuilds_the_run_and_reproduces_its_validation(
+    cli_run, tiny_synthetic, tmp_path, capsys
+):
+    trained = json.loads((cli_run / "results" / "val_epoch000" / "results.json").read_text())
+    ckpt = next((cli_run / "checkpoints").glob("epoch*.ckpt"))
+    main([f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'eval'}"])
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    results_dir = Path(summary["results_dir"])
+    assert (results_dir / "results.zip").is_file()
+    evaluated = json.loads((results_dir / "results.json").read_text())
+    assert evaluated == trained  # same weights, same streamed inference, same RLE
+    expected = evaluate_results(tiny_synthetic / "annotations" / "valid.json", evaluated)
+    for key, value in summary["metrics"].items():
+        assert value == pytest.approx(100.0 * expected[key], abs=1e-9)
+    assert "AP_HO" in printed and f"{summary['metrics']['AP']:7.2f}" in printed
+
+
+def test_eval_overrides_reach_the_rebuilt_run(cli_run, tmp_path):
+    ckpt = cli_run / "checkpoints" / "last.ckpt"
+    out = evaluate(ckpt, output_dir=str(tmp_path), overrides=["system.oracle=true"])
+    # the oracle tracker is fed the ground truth: every annotated track is found exactly
+    assert out["metrics"]["AP"] == pytest.approx(100.0)
+
+
+def test_eval_arguments_are_checked(tmp_path):
+    with pytest.raises(SystemExit, match="ckpt_path"):
+        parse_args(["split=val"])
+    with pytest.raises(SystemExit, match="split"):
+        parse_args(["ckpt_path=x.ckpt", "split=train"])
+    with pytest.raises(SystemExit, match="key=value"):
+        parse_args(["ckpt_path=x.ckpt", "oops"])
+    assert parse_args(["ckpt_path=a.ckpt", "data.eps_test=5"]) == (
+        {"ckpt_path": "a.ckpt", "split": "val"},
+        ["data.eps_test=5"],
+    )
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate(tmp_path / "missing.ckpt")
+    stray = tmp_path / "stray.ckpt"
+    stray.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no run config"):
+        evaluate(stray)
+
+
+def test_resume_from_a_checkpoint_is_exact(tiny_train_overrides, tmp_path):
+    def run(out: Path, epochs: int, ckpt: Path | None = None) -> None:
+        overrides = [
+            "experiment=cmasktrack_cpu",
+            *tiny_train_overrides,
+            f"paths.output_dir={out}",
+            f"trainer.max_epochs={epochs}",
+            "evaluate_after_training=false",
+            "system.warmup_steps=3",  # the schedule crosses the resume point
+        ]
+        if ckpt is not None:
+            overrides.append(f"ckpt_path={ckpt}")
+        train(_compose(overrides))
+
+    run(tmp_path / "straight", 2)
+    run(tmp_path / "first", 1)
+    run(tmp_path / "resumed", 2, tmp_path / "first" / "checkpoints" / "last.ckpt")
+
+    def final(out: Path) -> dict:
+        return torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+    straight, resumed = final(tmp_path / "straight"), final(tmp_path / "resumed")
+    assert straight["epoch"] == resumed["epoch"] == 1
+    assert straight["global_step"] == resumed["global_step"] == 4
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+    momentum = straight["optimizer_states"][0]["state"]
+    for index, state in momentum.items():
+        other = resumed["optimizer_states"][0]["state"][index]
+        assert torch.equal(state["momentum_buffer"], other["momentum_buffer"]), index
+
+
+def test_slurm_launcher_config_composes():
+    cfg = _compose(
+        [
+            "hydra/launcher=slurm",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.num_nodes=3",
+            "hydra.launcher.partition=gpu",
+        ],
+        return_hydra_config=True,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (2, 2, 3)
+    assert launcher.partition == "gpu"
+    from hydra.utils import get_class
+
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"  # the plugin is installed
+
+
+@pytest.mark.slow
+def test_multirun_over_two_seeds_with_the_basic_launcher(tiny_train_overrides, tmp_path):
+    sweep = tmp_path / "sweep"
+    _run_train_cli(
+        [
+            "-m",
+            "experiment=masktrack",
+            *tiny_train_overrides,
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO,
+    )
+    for job in ("0", "1"):
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file(), job
+        assert (sweep / job / ".hydra" / "overrides.yaml").read_text().count(f"seed={job}") == 1
+    weights = [
+        torch.load(sweep / j / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        for j in ("0", "1")
+    ]
+    name = next(iter(weights[0]["state_dict"]))
+    assert not torch.equal(weights[0]["state_dict"][name], weights[1]["state_dict"][name])
+
+
+def _run_eval_cli(args: list[str]) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ovisnet.eval", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("output_dir=")))
+    summary = json.loads((out / "metrics.json").read_text())
+    summary["results"] = json.loads((Path(summary["results_dir"]) / "results.json").read_text())
+    return summary
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_on_two_gloo_processes_equals_one_process(cli_run, tmp_path):
+    from ovisnet.data.synthetic import generate
+
+    root = tmp_path / "data"  # 3 validation videos: the two ranks get 2 and 1
+    generate(root, seed=5, num_videos=5, num_frames=4, size=(96, 64), valid_fraction=0.6)
+    common = [f"ckpt_path={cli_run / 'checkpoints' / 'last.ckpt'}", f"data.root={root}"]
+    single = _run_eval_cli([*common, f"output_dir={tmp_path / 'single'}"])
+    ddp = _run_eval_cli(
+        [
+            *common,
+            f"output_dir={tmp_path / 'ddp'}",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+        ]
+    )
+    assert single["results"], "the model must produce detections for the comparison to mean much"
+    videos = {r["video_id"] for r in single["results"]}
+    assert len(videos) >= 2 and {r["video_id"] for r in ddp["results"]} == videos
+
+    def key(r: dict) -> tuple:
+        return (r["video_id"], r["category_id"], round(r["score"], 5))
+
+    assert [key(r) for r in sorted(ddp["results"], key=key)] == [
+        key(r) for r in sorted(single["results"], key=key)
+    ]
+    assert sorted(json.dumps(r["segmentations"]) for r in ddp["results"]) == sorted(
+        json.dumps(r["segmentations"]) for r in single["results"]
+    )
+    for name, value in single["metrics"].items():
+        assert ddp["metrics"][name] == pytest.approx(value, abs=1e-6), name
