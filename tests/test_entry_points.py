@@ -24,12 +24,12 @@ def _compose(overrides: list[str], **kwargs):
         return compose("train", overrides=overrides, **kwargs)
 
 
-def _run_train_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+def _run_module(module: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository root; fails the test on a non-zero exit."""
     proc = subprocess.run(
-        [sys.executable, "-m", "ovisnet.train", *args],
-        cwd=cwd,
-        env=env,
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1", **env},
         capture_output=True,
         text=True,
         timeout=600,
@@ -42,9 +42,9 @@ def _run_train_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def cli_run(tiny_synthetic, tiny_train_overrides, tmp_path_factory) -> Path:
     """One real `python -m ovisnet.train` run of CMaskTrack on the tiny set."""
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    _run_train_cli(
+    _run_module(
+        "ovisnet.train",
         ["experiment=cmasktrack_cpu", *tiny_train_overrides, f"hydra.run.dir={run_dir}"],
-        cwd=REPO,
     )
     return run_dir
 
@@ -155,7 +155,8 @@ def test_slurm_launcher_config_composes():
 @pytest.mark.slow
 def test_multirun_over_two_seeds_with_the_basic_launcher(tiny_train_overrides, tmp_path):
     sweep = tmp_path / "sweep"
-    _run_train_cli(
+    _run_module(
+        "ovisnet.train",
         [
             "-m",
             "experiment=masktrack",
@@ -163,7 +164,6 @@ def test_multirun_over_two_seeds_with_the_basic_launcher(tiny_train_overrides, t
             "seed=0,1",
             f"hydra.sweep.dir={sweep}",
         ],
-        cwd=REPO,
     )
     for job in ("0", "1"):
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file(), job
@@ -177,16 +177,7 @@ def test_multirun_over_two_seeds_with_the_basic_launcher(tiny_train_overrides, t
 
 
 def _run_eval_cli(args: list[str]) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ovisnet.eval", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _run_module("ovisnet.eval", args, OMP_NUM_THREADS="1")
     out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("output_dir=")))
     summary = json.loads((out / "metrics.json").read_text())
     summary["results"] = json.loads((Path(summary["results_dir"]) / "results.json").read_text())

@@ -124,6 +124,23 @@ def test_resnet_fpn_levels_and_frozen_stages():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
 
 
+def test_resnet_fpn_width_and_batch_normalised_fpn():
+    backbone = resnet_fpn(
+        "resnet18", trainable_layers=5, frozen_bn=False, out_channels=32, fpn_batch_norm=True
+    )
+    assert backbone.out_channels == 32
+    norms = [m for m in backbone.fpn.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 8  # after each of the 4 lateral and 4 output convolutions
+    out = backbone(torch.randn(2, 3, 64, 96))
+    assert {k: v.shape[1] for k, v in out.items()} == dict.fromkeys(out, 32)
+    # training-mode batch norm: every level leaves the FPN with unit scale (the pool level is
+    # a max-pool of P5)
+    for key in ("0", "1", "2", "3"):
+        assert out[key].std().item() == pytest.approx(1.0, abs=0.01)
+    plain = resnet_fpn("resnet18", out_channels=32)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.fpn.modules())
+
+
 def test_timm_fpn_levels():
     backbone = TimmFPN("resnet18", out_channels=CHANNELS)
     out = backbone(torch.randn(2, 3, 64, 96))

@@ -26,6 +26,7 @@ def resnet_fpn(
     trainable_layers: int = 3,
     frozen_bn: bool = True,
     out_channels: int = 256,
+    fpn_batch_norm: bool = False,
 ) -> BackboneWithFPN:
     """A torchvision ResNet with an FPN (``resnet_fpn_backbone``, ``weights=None``).
 
@@ -39,6 +40,9 @@ def resnet_fpn(
             ``BatchNorm2d``, useful when training a small backbone from scratch.
         out_channels: FPN width. 256 is the paper's (and the only one COCO Mask R-CNN weights
             fit); narrower FPNs make the light CPU presets.
+        fpn_batch_norm: batch norm after every FPN convolution. Off in the paper's model; a
+            network trained from scratch needs it, or its FPN outputs grow to magnitudes (~50
+            here) at which the box head's ReLUs die and the track logits explode.
 
     Returns:
         torchvision ``BackboneWithFPN``: ``(B, 3, H, W)`` float → levels ``'0'``..``'3'``,
@@ -51,10 +55,13 @@ def resnet_fpn(
         trainable_layers=trainable_layers,
         extra_blocks=LastLevelMaxPool(),
     )
-    if out_channels != model.out_channels:
+    if out_channels != model.out_channels or fpn_batch_norm:
         in_channels = [block[0].in_channels for block in model.fpn.inner_blocks]
         model.fpn = FeaturePyramidNetwork(
-            in_channels, out_channels, extra_blocks=LastLevelMaxPool()
+            in_channels,
+            out_channels,
+            extra_blocks=LastLevelMaxPool(),
+            norm_layer=nn.BatchNorm2d if fpn_batch_norm else None,
         )
         model.out_channels = out_channels
     return model
