@@ -74,12 +74,15 @@ class TimmFPN(nn.Module):
         name: timm model name whose last four feature maps have strides 4, 8, 16, 32
             (``resnet18``, ``resnet50``, ``convnext_tiny``, ...).
         out_channels: FPN width.
+        fpn_batch_norm: batch norm after every FPN convolution (see :func:`resnet_fpn`).
 
     Raises:
         ValueError: when the model's feature strides are not 4, 8, 16, 32.
     """
 
-    def __init__(self, name: str = "resnet18", *, out_channels: int = 256) -> None:
+    def __init__(
+        self, name: str = "resnet18", *, out_channels: int = 256, fpn_batch_norm: bool = False
+    ) -> None:
         super().__init__()
         self.body = timm.create_model(name, pretrained=False, features_only=True)
         num_levels = len(self.body.feature_info)
@@ -90,7 +93,10 @@ class TimmFPN(nn.Module):
         self.indices = indices
         channels = self.body.feature_info.channels()
         self.fpn = FeaturePyramidNetwork(
-            [channels[i] for i in indices], out_channels, extra_blocks=LastLevelMaxPool()
+            [channels[i] for i in indices],
+            out_channels,
+            extra_blocks=LastLevelMaxPool(),
+            norm_layer=nn.BatchNorm2d if fpn_batch_norm else None,
         )
         self.out_channels = out_channels
 
