@@ -121,9 +121,11 @@ class DeformConv2d(_TorchvisionDeformConv2d):
             raise ValueError(f"backend must be one of {DEFORM_BACKENDS}, got {backend!r}")
         self.backend: DeformBackend = backend
 
-    def _sampled_supported(self) -> bool:
+    def _sampled_supported(self, offset: Tensor) -> bool:
+        taps = self.weight.shape[-2] * self.weight.shape[-1]
         return (
-            self.stride == (1, 1)
+            offset.shape[1] == 2 * taps  # one offset group
+            and self.stride == (1, 1)
             and self.groups == 1
             and self.padding[0] == self.padding[1]
             and self.dilation[0] == self.dilation[1]
@@ -135,9 +137,7 @@ class DeformConv2d(_TorchvisionDeformConv2d):
         use_sampled = self.backend == "sampled" or (
             self.backend == "auto" and input.device.type == "cpu"
         )
-        if use_sampled and mask is None and self._sampled_supported():
-            if offset.shape[1] != 2 * self.weight.shape[-2] * self.weight.shape[-1]:
-                raise ValueError("the sampled backend supports one offset group")
+        if use_sampled and mask is None and self._sampled_supported(offset):
             return deform_conv2d_sampled(
                 input,
                 offset,
@@ -147,8 +147,8 @@ class DeformConv2d(_TorchvisionDeformConv2d):
                 dilation=self.dilation[0],
             )
         return deform_conv2d(
-            input.contiguous(),
-            offset.contiguous(),
+            input,
+            offset,
             self.weight,
             self.bias,
             stride=self.stride,
