@@ -428,3 +428,27 @@ def test_rcnn_box_losses_beta_one_and_torchvision_equivalence():
     expected = torch.where(diff < 1, 0.5 * diff**2, diff - 0.5).sum() / 5
     _, box_one = rcnn_box_losses(logits, deltas, labels, targets, beta=1.0)
     torch.testing.assert_close(box_one, expected)
+
+
+def test_bf16_autocast_keeps_boxes_and_losses_in_float32(batch):
+    # Under bf16 autocast (trainer.precision=bf16-mixed) convolutions run in bf16, but anchors,
+    # proposals, box targets and head outputs must stay float32: bf16 rounds coordinates near 300
+    # to 2 pixels, which made empty proposals and an infinite box loss in a CPU training run.
+    model = make_model(TemporalFeatureCalibration(CHANNELS, patch_size=4, hidden_channels=16))
+    sizes = [(H, W), (H, W)]
+    reference = model._rpn(model.extract_features(batch.images[:, 0], sizes), (H, W), sizes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.extract_features(batch.images[:, 0], sizes)
+        assert features["0"].dtype == torch.bfloat16  # the autocast is real
+        rpn = model._rpn(features, (H, W), sizes)
+        losses = model.loss(batch)
+        detections = model.detect(features, sizes, [features])
+    assert rpn.objectness.dtype == rpn.deltas.dtype == torch.float32
+    for anchors, expected in zip(rpn.anchors, reference.anchors, strict=True):
+        assert anchors.dtype == torch.float32 and torch.equal(anchors, expected)
+    assert all(p.dtype == torch.float32 for p in rpn.proposals)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    for det in detections:
+        assert det.boxes.dtype == det.scores.dtype == det.masks.dtype == torch.float32
+    sum(losses.values()).backward()
+    assert_all_gradients(model)

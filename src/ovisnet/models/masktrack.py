@@ -270,7 +270,7 @@ class MaskTrackRCNN(nn.Module):
         """
         canvas = _canvas_size(features)
         pooled = self.roi_heads.box_roi_pool(features, boxes, [canvas] * len(boxes))
-        return list(self.track_head(pooled).split([len(b) for b in boxes]))
+        return list(self.track_head(pooled).float().split([len(b) for b in boxes]))
 
     def _rpn(
         self, features: FeatureMaps, canvas: tuple[int, int], image_sizes: list[tuple[int, int]]
@@ -279,11 +279,15 @@ class MaskTrackRCNN(nn.Module):
         # training mode, and loss() must not depend on the module mode.
         maps = list(features.values())
         objectness, deltas = self.rpn.head(maps)
-        # AnchorGenerator reads only the canvas shape of the image tensor.
-        images = ImageList(maps[0].new_empty((len(image_sizes), 0, *canvas)), image_sizes)
-        anchors = self.rpn.anchor_generator(images, maps)
+        # AnchorGenerator reads only the canvas shape of the image tensor and the shape, dtype
+        # and device of the maps: memory-free float32 stand-ins keep the anchors (and so the
+        # proposals and box targets) in float32 under bf16/fp16 autocast, where a 2-pixel
+        # rounding of coordinates near 300 would make empty boxes and infinite targets.
+        images = ImageList(_shaped_like(maps[0], (len(image_sizes), 0, *canvas)), image_sizes)
+        anchors = self.rpn.anchor_generator(images, [_shaped_like(m, m.shape) for m in maps])
         anchors_per_level = [o[0].numel() for o in objectness]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        objectness, deltas = objectness.float(), deltas.float()
         boxes = self.rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
         proposals, _ = self.rpn.filter_proposals(boxes, objectness, image_sizes, anchors_per_level)
         return _RPNOutput(proposals, anchors, objectness, deltas)
@@ -344,6 +348,11 @@ def _without_crowd(instances: Instances) -> Instances:
     if instances.iscrowd is None:
         return instances
     return instances[~instances.iscrowd]
+
+
+def _shaped_like(reference: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """A float32 tensor of ``shape`` on ``reference``'s device that owns no memory (zero strides)."""
+    return torch.empty(1, device=reference.device).expand(*shape)
 
 
 def _canvas_size(features: FeatureMaps) -> tuple[int, int]:

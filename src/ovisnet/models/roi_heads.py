@@ -194,8 +194,9 @@ class MaskTrackRoIHeads(RoIHeads):
             self.box_predictor(self.box_head(self.box_roi_pool(f, boxes, [canvas] * len(boxes))))
             for f in features
         ]
-        class_logits = torch.stack([o[0] for o in outputs]).mean(dim=0)
-        box_deltas = torch.stack([o[1] for o in outputs]).mean(dim=0)
+        # float32 from here on (bf16 autocast): decoding, NMS and the losses need the precision
+        class_logits = torch.stack([o[0].float() for o in outputs]).mean(dim=0)
+        box_deltas = torch.stack([o[1].float() for o in outputs]).mean(dim=0)
         return class_logits, box_deltas
 
     def mask_logits(
@@ -217,7 +218,7 @@ class MaskTrackRoIHeads(RoIHeads):
             self.mask_predictor(self.mask_head(self.mask_roi_pool(f, boxes, [canvas] * len(boxes))))
             for f in features
         ]
-        return torch.stack(logits).mean(dim=0)
+        return torch.stack([x.float() for x in logits]).mean(dim=0)
 
     def losses(
         self,
