@@ -219,3 +219,21 @@ def test_ddp_evaluation_on_two_gloo_processes_equals_one_process(cli_run, tmp_pa
     )
     for name, value in single["metrics"].items():
         assert ddp["metrics"][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_last_checkpoint_is_written_in_epochs_without_validation(tiny_train_overrides, tmp_path):
+    cfg = _compose(
+        [
+            "experiment=cmasktrack_cpu",
+            *tiny_train_overrides,
+            f"paths.output_dir={tmp_path}",
+            "trainer.max_epochs=1",
+            "trainer.check_val_every_n_epoch=2",
+            "evaluate_after_training=false",
+        ]
+    )
+    train(cfg)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
+    assert not list((tmp_path / "checkpoints").glob("epoch*.ckpt"))  # nothing was validated

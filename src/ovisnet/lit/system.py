@@ -62,6 +62,9 @@ class VISSystem(L.LightningModule):
         lr_steps: epochs after which the LR is multiplied by ``lr_gamma``.
         lr_gamma: the step factor.
         eps_test: test reference distance of calibrated models.
+        lr_mult: learning-rate multipliers by parameter-name prefix inside the model, e.g.
+            ``{"calibration.offset_head": 0.1}`` (the longest matching prefix wins; every
+            prefix must match a trainable parameter).
         oracle: feed ground truth to the tracker instead of detections (OVIS oracle study).
         results_dir: where each validation's ``results.json`` / ``results.zip`` go (default:
             ``<trainer.default_root_dir>/results``).
@@ -81,6 +84,7 @@ class VISSystem(L.LightningModule):
         eps_test: int = 3,
         oracle: bool = False,
         results_dir: str | None = None,
+        lr_mult: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "tracker", "paste"])
@@ -115,8 +119,7 @@ class VISSystem(L.LightningModule):
         return total
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.param_groups())
         steps_per_epoch = max(1, math.ceil(self.trainer.estimated_stepping_batches))
         if self.trainer.max_epochs and self.trainer.max_epochs > 0:
             steps_per_epoch = max(1, steps_per_epoch // self.trainer.max_epochs)
@@ -135,6 +138,34 @@ class VISSystem(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         lr_scheduler = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters grouped by learning-rate multiplier (``lr_mult``).
+
+        Returns:
+            One ``{"params": [...], "lr": base_lr * mult}`` group per multiplier in use
+            (``"lr"`` omitted for multiplier 1, so the optimiser's own ``lr`` applies).
+        """
+        mults = dict(self.hparams.get("lr_mult") or {})
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        unused = [k for k in mults if not any(n.startswith(k) for n, _ in named)]
+        if unused:
+            raise ValueError(f"lr_mult prefixes match no trainable parameter: {unused}")
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for name, param in named:
+            matches = [k for k in mults if name.startswith(k)]
+            mult = float(mults[max(matches, key=len)]) if matches else 1.0
+            groups.setdefault(mult, []).append(param)
+        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        result: list[dict[str, Any]] = []
+        for mult, params in groups.items():
+            group: dict[str, Any] = {"params": params}
+            if mult != 1.0:
+                if base_lr is None:
+                    raise ValueError("lr_mult needs the optimiser factory to carry an lr")
+                group["lr"] = base_lr * mult
+            result.append(group)
+        return result
 
     # -- exact resume ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

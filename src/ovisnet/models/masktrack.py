@@ -351,7 +351,7 @@ def _without_crowd(instances: Instances) -> Instances:
 
 
 def _shaped_like(reference: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
-    """A float32 tensor of ``shape`` on ``reference``'s device that owns no memory (zero strides)."""
+    """A float32 tensor of ``shape`` on ``reference``'s device owning no memory (zero strides)."""
     return torch.empty(1, device=reference.device).expand(*shape)
 
 
