@@ -235,5 +235,9 @@ def test_last_checkpoint_is_written_in_epochs_without_validation(tiny_train_over
     train(cfg)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
-    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0
     assert not list((tmp_path / "checkpoints").glob("epoch*.ckpt"))  # nothing was validated
+    # the preset's lr_mult: the calibration's offset branch runs at 0.1x the scheduled lr
+    lrs = {g["lr_mult"]: g["lr"] for g in state["optimizer_states"][0]["param_groups"]}
+    assert set(lrs) == {1.0, 0.1} and lrs[0.1] == pytest.approx(0.1 * lrs[1.0])

@@ -120,6 +120,8 @@ class VISSystem(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.param_groups())
+        for group in optimizer.param_groups:  # before the scheduler records the base lrs
+            group["lr"] *= group["lr_mult"]
         steps_per_epoch = max(1, math.ceil(self.trainer.estimated_stepping_batches))
         if self.trainer.max_epochs and self.trainer.max_epochs > 0:
             steps_per_epoch = max(1, steps_per_epoch // self.trainer.max_epochs)
@@ -143,8 +145,8 @@ class VISSystem(L.LightningModule):
         """Trainable parameters grouped by learning-rate multiplier (``lr_mult``).
 
         Returns:
-            One ``{"params": [...], "lr": base_lr * mult}`` group per multiplier in use
-            (``"lr"`` omitted for multiplier 1, so the optimiser's own ``lr`` applies).
+            One ``{"params": [...], "lr_mult": m}`` group per multiplier in use; the optimiser
+            keeps the extra key and :meth:`configure_optimizers` scales each group's ``lr``.
         """
         mults = dict(self.hparams.get("lr_mult") or {})
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -154,18 +156,10 @@ class VISSystem(L.LightningModule):
         groups: dict[float, list[torch.nn.Parameter]] = {}
         for name, param in named:
             matches = [k for k in mults if name.startswith(k)]
-            mult = float(mults[max(matches, key=len)]) if matches else 1.0
-            groups.setdefault(mult, []).append(param)
-        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
-        result: list[dict[str, Any]] = []
-        for mult, params in groups.items():
-            group: dict[str, Any] = {"params": params}
-            if mult != 1.0:
-                if base_lr is None:
-                    raise ValueError("lr_mult needs the optimiser factory to carry an lr")
-                group["lr"] = base_lr * mult
-            result.append(group)
-        return result
+            groups.setdefault(float(mults[max(matches, key=len)]) if matches else 1.0, []).append(
+                param
+            )
+        return [{"params": params, "lr_mult": mult} for mult, params in groups.items()]
 
     # -- exact resume ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
