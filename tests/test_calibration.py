@@ -172,3 +172,51 @@ def test_invalid_arguments():
         _module()(query, reference[:, :, :5])
     with pytest.raises(RuntimeError, match="add"):
         _module("add").offsets(query, reference)
+
+
+def test_pop_stats_reports_offsets_and_share_of_training_calls_then_resets():
+    query, reference = _features(seed=8)
+    module = _module("calibration", seed=8)
+    with torch.no_grad():
+        module.offset_head.bias.fill_(3.0)
+    assert module.pop_stats() == {}
+    module.eval()
+    module(query, reference)
+    assert module.pop_stats() == {}  # evaluation calls are not recorded
+    module.train()
+    offsets = [module.offsets(query, reference), module.offsets(query[:1], reference[:1])]
+    sampled = [
+        module.deform_conv(reference, offsets[0]),
+        module.deform_conv(reference[:1], offsets[1]),
+    ]
+    module(query, reference)
+    module(query[:1], reference[:1])
+    stats = module.pop_stats()
+    expected_offset = (offsets[0].abs().mean() + offsets[1].abs().mean()) / 2
+    expected_share = (
+        sampled[0].abs().mean() / query.abs().mean()
+        + sampled[1].abs().mean() / query[:1].abs().mean()
+    ) / 2
+    torch.testing.assert_close(stats["offset_abs"], expected_offset)
+    torch.testing.assert_close(stats["share"], expected_share)
+    assert stats["offset_abs"] > 1.0  # the 3 px bias is in there
+    assert module.pop_stats() == {}
+
+
+def test_pop_stats_share_is_zero_when_offsets_leave_the_map():
+    query, reference = _features(seed=9)
+    module = _module("calibration", seed=9).train()
+    with torch.no_grad():
+        module.offset_head.bias.fill_(1e4)  # the dead state AdamW at full lr drove it into
+    out = module(query, reference)
+    torch.testing.assert_close(out, query)
+    stats = module.pop_stats()
+    assert stats["share"] == 0.0
+    assert stats["offset_abs"] > 1e3
+
+
+def test_add_fusion_has_no_stats():
+    query, reference = _features(seed=10)
+    module = _module("add").train()
+    module(query, reference)
+    assert module.pop_stats() == {}

@@ -80,3 +80,39 @@ def test_lr_mult_param_groups(tmp_path):
     bad = instantiate(cfg.system, model=model, lr_mult={"calibration.nothing": 0.1})
     with pytest.raises(ValueError, match="match no trainable parameter"):
         bad.param_groups()
+
+
+def test_calibration_health_is_logged_and_a_dead_calibration_warns(
+    tiny_synthetic, tiny_train_overrides, tmp_path
+):
+    import lightning as L
+    import torch
+
+    from ovisnet.train import build
+
+    cfg = _compose(
+        [
+            "experiment=cmasktrack_cpu",
+            *tiny_train_overrides,
+            "trainer.precision=32-true",
+            "trainer.log_every_n_steps=1",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
+    datamodule, system = build(cfg)
+    with torch.no_grad():  # the dead state: every deformable tap far outside the maps
+        system.model.calibration.offset_head.bias.fill_(1e5)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        log_every_n_steps=1,
+    )
+    with pytest.warns(UserWarning, match="calibration adds 0.00e"):
+        trainer.fit(system, datamodule=datamodule)
+    logged = trainer.callback_metrics
+    assert float(logged["train/calibration/share"]) == 0.0
+    assert float(logged["train/calibration/offset_abs"]) > 1e4

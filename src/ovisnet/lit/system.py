@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from ovisnet.evaluation import GroundTruth, evaluate_results
@@ -24,6 +25,9 @@ from ovisnet.evaluation.formatting import write_results
 from ovisnet.structures import ClipBatch
 from ovisnet.tracking.predictor import VideoPredictor
 from ovisnet.tracking.tracker import OnlineTracker
+
+# Below this share (calibration output / query magnitude) the calibration counts as dead.
+DEAD_CALIBRATION_SHARE = 1e-3
 
 # Logged validation metrics (percent), in the order of the printed table.
 METRIC_KEYS = ("AP", "AP50", "AP75", "AR1", "AR10", "AP_SO", "AP_MO", "AP_HO")
@@ -100,6 +104,7 @@ class VISSystem(L.LightningModule):
         self.last_results: list[dict[str, Any]] = []
         self.last_results_dir: Path | None = None
         self.last_eval_epoch: int | None = None
+        self._warned_dead_calibration = False
 
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: ClipBatch, batch_idx: int) -> torch.Tensor:
@@ -116,7 +121,27 @@ class VISSystem(L.LightningModule):
             self.log(f"train/{key}", value, batch_size=bs)
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        self._log_calibration_health(bs)
         return total
+
+    def _log_calibration_health(self, batch_size: int) -> None:
+        """Log ``train/calibration/{offset_abs,share}`` and warn once if the calibration died."""
+        calibration = getattr(self.model, "calibration", None)
+        stats = calibration.pop_stats() if hasattr(calibration, "pop_stats") else {}
+        for key, value in stats.items():
+            self.log(f"train/calibration/{key}", value, batch_size=batch_size)
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        if "share" in stats and not self._warned_dead_calibration and self.global_step % every == 0:
+            share = float(stats["share"])
+            if share < DEAD_CALIBRATION_SHARE:
+                self._warned_dead_calibration = True
+                rank_zero_warn(
+                    f"step {self.global_step}: the temporal feature calibration adds "
+                    f"{share:.2e} of the query features' magnitude (mean |offset| "
+                    f"{float(stats['offset_abs']):.3g} px): its deformable taps sample outside "
+                    "the feature maps and it receives no gradient. Lower the offset branch's lr "
+                    "(system.lr_mult: {calibration.offset: 0.1}) or the learning rate."
+                )
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.param_groups())

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal, TypeVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -73,6 +74,9 @@ class TemporalFeatureCalibration(nn.Module):
         self.offset_convs: nn.Sequential | None = None
         self.offset_head: nn.Conv2d | None = None
         self.deform_conv: DeformConv2d | None = None
+        # running sums of the health statistics of training calls (see ``pop_stats``)
+        self._stat_sums: Tensor | None = None
+        self._stat_calls = 0
         if fusion == "add":
             return
         layers: list[nn.Module] = []
@@ -141,7 +145,41 @@ class TemporalFeatureCalibration(nn.Module):
             )
         if self.deform_conv is None:
             return query + reference
-        return self.deform_conv(reference, self.offsets(query, reference)) + query
+        offsets = self.offsets(query, reference)
+        sampled = self.deform_conv(reference, offsets)
+        if self.training:
+            self._record(offsets, sampled, query)
+        return sampled + query
+
+    @torch.no_grad()
+    def _record(self, offsets: Tensor, sampled: Tensor, query: Tensor) -> None:
+        stats = torch.stack(
+            [
+                offsets.float().abs().mean(),
+                sampled.float().abs().mean() / query.float().abs().mean().clamp_min(1e-12),
+            ]
+        )
+        self._stat_sums = stats if self._stat_sums is None else self._stat_sums + stats
+        self._stat_calls += 1
+
+    def pop_stats(self) -> dict[str, Tensor]:
+        """Health of the calibration over the training calls since the last pop, then reset.
+
+        A calibration can die silently: when its offsets grow past the feature maps every
+        deformable tap samples zeros, the calibration adds nothing and gets no gradient (we saw
+        it under AdamW at full lr), and CMaskTrack quietly becomes MaskTrack.
+
+        Returns:
+            ``offset_abs``: mean |offset| in pixels of the level (all levels and calls averaged);
+            ``share``: mean |DeformConv(R, offsets)| / mean |Q|, the size of what the
+            calibration adds relative to the query features (0 when dead). Empty when there was
+            no training call (or for the ``add`` fusion).
+        """
+        if self._stat_sums is None:
+            return {}
+        offset_abs, share = (self._stat_sums / self._stat_calls).unbind()
+        self._stat_sums, self._stat_calls = None, 0
+        return {"offset_abs": offset_abs, "share": share}
 
     def calibrate_levels(
         self,
