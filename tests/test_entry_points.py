@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from ovisnet.eval import evaluate, main, parse_args
+from ovisnet.eval import apply_overrides, evaluate, main, parse_args
 from ovisnet.evaluation import evaluate_results
 from ovisnet.train import CONFIG_DIR, train
 
@@ -79,6 +80,18 @@ def test_eval_overrides_reach_the_rebuilt_run(cli_run, tmp_path):
     out = evaluate(ckpt, output_dir=str(tmp_path), overrides=["system.oracle=true"])
     # the oracle tracker is fed the ground truth: every annotated track is found exactly
     assert out["metrics"]["AP"] == pytest.approx(100.0)
+
+
+def test_eval_overrides_need_a_plus_to_add_a_key():
+    cfg = OmegaConf.create({"system": {"oracle": False, "tracker": {"nms_iou": None}}})
+    out = apply_overrides(
+        cfg, ["system.oracle=true", "+system.tracker.motion=true", "system.tracker.nms_iou=0.5"]
+    )
+    assert out.system.oracle is True and out.system.tracker.motion is True
+    assert out.system.tracker.nms_iou == 0.5
+    assert cfg.system.oracle is False  # the input is left as it was
+    with pytest.raises(ValueError, match=r"'system.orcale' is not in the run config .* \+system"):
+        apply_overrides(cfg, ["system.orcale=true"])
 
 
 def test_eval_arguments_are_checked(tmp_path):

@@ -14,7 +14,9 @@ Arguments are ``key=value`` pairs. The evaluation's own keys:
 * ``output_dir``: where results go (default ``<run>/eval/<split>_<checkpoint name>``).
 
 Every other ``key=value`` overrides the run config with OmegaConf dot-list syntax, e.g.
-``data.root=/data/ovis data.eps_test=5 system.oracle=true trainer.devices=2``.
+``data.root=/data/ovis data.eps_test=5 system.oracle=true trainer.devices=2``. As in Hydra, a key
+the run config lacks is an error (a typo must not be silently ignored) unless prefixed with ``+``
+(``+system.tracker.motion=true`` on a run saved before that option existed).
 """
 
 from __future__ import annotations
@@ -68,12 +70,33 @@ def run_config(ckpt_path: Path, config: str | None = None) -> Path:
     return path
 
 
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """``key=value`` overrides on ``cfg``; ``+key=value`` may add a key, plain ones may not."""
+    missing = object()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        add = key.startswith("+")
+        key = key.lstrip("+")
+        if not key:
+            raise ValueError(f"override {item!r} has no key")
+        if not add and OmegaConf.select(cfg, key, default=missing) is missing:
+            raise ValueError(
+                f"override {item!r}: {key!r} is not in the run config (a typo?); "
+                f"write +{key}={value} to add it"
+            )
+        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+        if not isinstance(merged, DictConfig):
+            raise ValueError(f"override {item!r} did not leave a mapping")
+        cfg = merged
+    return cfg
+
+
 def load_config(config_path: Path, overrides: list[str], output_dir: Path) -> DictConfig:
     """The run config with the overrides applied and ``paths.output_dir`` set to ``output_dir``."""
     cfg = OmegaConf.load(config_path)
     if not isinstance(cfg, DictConfig):
         raise ValueError(f"{config_path} is not a mapping")
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    cfg = apply_overrides(cfg, overrides)
     # the saved config still holds ${hydra:...}; outside Hydra the output dir is set explicitly
     cfg.paths.output_dir = str(output_dir)
     cfg.init_from = None  # the checkpoint holds every weight
