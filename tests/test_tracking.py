@@ -313,26 +313,3 @@ def test_memory_velocity_over_a_gap_and_prediction():
     memory.overwrite(torch.tensor([1]), torch.zeros(1, 3), torch.tensor([[4.0, 0, 6, 10]]), 4)
     predicted = memory.predicted_boxes(12)[1]
     assert predicted[2] == predicted[0] and predicted[3] == 10.0
-
-
-def test_hungarian_assignment_gives_the_conflict_loser_its_next_best_track():
-    def run(assignment: str) -> list[int]:
-        tracker = OnlineTracker(PAPER, assignment=assignment)
-        tracker.step(frame([A, B], [1, 1]), embed(0, 1))
-        # both detections look like track 0; the one on B is worse for 0 (no IoU) than the one
-        # on A: v = 10 against 12. Its next best is track 1 (v = -25 + 2 + 10 = -13 > new -15)
-        out = tracker.step(frame([A, B], [1, 1]), embed(0, 0))
-        return out.track_ids.tolist()
-
-    assert run("greedy") == [0]  # the loser is dropped (official rule)
-    assert run("hungarian") == [0, 1]
-    with pytest.raises(ValueError, match="assignment must be one of"):
-        OnlineTracker(PAPER, assignment="auction")
-
-
-def test_hungarian_assignment_agrees_with_greedy_without_conflicts():
-    for assignment in ("greedy", "hungarian"):
-        tracker = OnlineTracker(PAPER, assignment=assignment)
-        tracker.step(frame([A, B], [1, 2]), embed(0, 1))
-        out = tracker.step(frame([B, C, A], [2, 1, 1]), embed(1, 2, 0))
-        assert out.track_ids.tolist() == [1, 2, 0], assignment

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_iou, nms
 
@@ -26,7 +24,6 @@ from ovisnet.tracking.memory import TrackMemory
 # Official code (``best_match_scores`` in MaskTrack / SipMask-VIS): a detection claims an existing
 # track only if its score beats this initial value, so a sole claimant with v <= -100 is dropped.
 _UNCLAIMED = -100.0
-ASSIGNMENTS = ("greedy", "hungarian")
 
 
 class OnlineTracker:
@@ -64,10 +61,6 @@ class OnlineTracker:
             current frame, instead of with the last box itself. Default False: the paper's
             static last box. Helps where the embedding cannot tell look-alike objects apart and
             position is the evidence left (not in the paper or the official code).
-        assignment: ``"greedy"`` (default, the paper's: per-detection argmax, conflicts kept
-            by the best claimant and the losers dropped) or ``"hungarian"``: a one-to-one
-            assignment of detections to tracks and "new" slots maximising the summed ``v``, so
-            no detection is dropped (not in the paper or the official code).
     """
 
     def __init__(
@@ -78,7 +71,6 @@ class OnlineTracker:
         update_labels: bool = False,
         max_age: int | None = None,
         motion: bool = False,
-        assignment: str = "greedy",
     ) -> None:
         if max_age is not None and max_age < 1:
             raise ValueError(f"max_age must be >= 1 or None, got {max_age}")
@@ -87,9 +79,6 @@ class OnlineTracker:
         self.update_labels = update_labels
         self.max_age = max_age
         self.motion = motion
-        if assignment not in ASSIGNMENTS:
-            raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
-        self.assignment = assignment
         self.memory = TrackMemory()
         self.frame = 0  # index of the next frame to be fed to ``step``
 
@@ -140,16 +129,22 @@ class OnlineTracker:
             detections.labels[:, None] == self.memory.labels[candidates][None, :],
             self.weights,
         )
+        best_v, best_n = scores.max(dim=1)
+        new: list[int] = []
+        claims: dict[int, tuple[float, int]] = {}  # track id -> (best v so far, detection)
         candidate_ids = candidates.tolist()
-        if self.assignment == "hungarian":
-            new, claims = _assign_jointly(scores, candidate_ids)
-        else:
-            new, claims = _assign_greedily(scores, candidate_ids)
+        for i, (v, column) in enumerate(zip(best_v.tolist(), best_n.tolist(), strict=True)):
+            if column == 0:
+                new.append(i)
+                continue
+            track = candidate_ids[column - 1]
+            if v > claims.get(track, (_UNCLAIMED, -1))[0]:
+                claims[track] = (v, i)
 
         track_ids = torch.full_like(detections.track_ids, -1)
         if claims:
             tracks = torch.tensor(list(claims), device=track_ids.device)
-            winners = torch.tensor(list(claims.values()), device=track_ids.device)
+            winners = torch.tensor([i for _, i in claims.values()], device=track_ids.device)
             track_ids[winners] = tracks
             self.memory.overwrite(
                 tracks,
@@ -165,44 +160,6 @@ class OnlineTracker:
             )
         kept = track_ids >= 0
         return replace(detections, track_ids=track_ids)[kept]
-
-
-def _assign_greedily(scores: Tensor, candidate_ids: list[int]) -> tuple[list[int], dict[int, int]]:
-    """The paper's rule: each detection takes its argmax; per track the best claim wins.
-
-    Returns the detections that start new tracks and ``{track id: detection}``; losing
-    claimants are in neither (dropped).
-    """
-    best_v, best_n = scores.max(dim=1)
-    new: list[int] = []
-    claims: dict[int, tuple[float, int]] = {}  # track id -> (best v so far, detection)
-    for i, (v, column) in enumerate(zip(best_v.tolist(), best_n.tolist(), strict=True)):
-        if column == 0:
-            new.append(i)
-            continue
-        track = candidate_ids[column - 1]
-        if v > claims.get(track, (_UNCLAIMED, -1))[0]:
-            claims[track] = (v, i)
-    return new, {track: i for track, (_, i) in claims.items()}
-
-
-def _assign_jointly(scores: Tensor, candidate_ids: list[int]) -> tuple[list[int], dict[int, int]]:
-    """One-to-one assignment maximising the summed ``v`` (Hungarian, SciPy).
-
-    Every detection gets its own "new" slot, so none is dropped: a detection that would lose a
-    conflict under the greedy rule takes its next best track or starts a new one. Pairs with
-    ``v <= -100`` (the official "unclaimed" floor) are not allowed.
-    """
-    v = scores.detach().double().cpu().numpy()
-    n, k = v.shape[0], v.shape[1] - 1
-    forbidden = -1e12
-    gain = np.full((n, k + n), forbidden)
-    gain[:, :k] = np.where(v[:, 1:] > _UNCLAIMED, v[:, 1:], forbidden)
-    gain[np.arange(n), k + np.arange(n)] = v[:, 0]
-    rows, cols = linear_sum_assignment(gain, maximize=True)
-    new = sorted(int(r) for r, c in zip(rows, cols, strict=True) if c >= k)
-    claims = {candidate_ids[c]: int(r) for r, c in zip(rows, cols, strict=True) if c < k}
-    return new, claims
 
 
 def oracle_detections(ground_truth: Instances) -> Instances:
