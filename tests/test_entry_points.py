@@ -85,9 +85,9 @@ def test_eval_overrides_reach_the_rebuilt_run(cli_run, tmp_path):
 def test_eval_overrides_need_a_plus_to_add_a_key():
     cfg = OmegaConf.create({"system": {"oracle": False, "tracker": {"nms_iou": None}}})
     out = apply_overrides(
-        cfg, ["system.oracle=true", "+system.tracker.motion=true", "system.tracker.nms_iou=0.5"]
+        cfg, ["system.oracle=true", "+system.tracker.max_age=10", "system.tracker.nms_iou=0.5"]
     )
-    assert out.system.oracle is True and out.system.tracker.motion is True
+    assert out.system.oracle is True and out.system.tracker.max_age == 10
     assert out.system.tracker.nms_iou == 0.5
     assert cfg.system.oracle is False  # the input is left as it was
     with pytest.raises(ValueError, match=r"'system.orcale' is not in the run config .* \+system"):

@@ -14,7 +14,6 @@ from ovisnet.tracking import (
     association_scores,
     oracle_detections,
 )
-from ovisnet.tracking.memory import TrackMemory
 
 # far-apart boxes (pairwise IoU 0)
 A, B, C = [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0], [100.0, 0.0, 110.0, 10.0]
@@ -277,39 +276,3 @@ def test_oracle_feeds_ground_truth_with_score_1_and_hidden_ids():
     )
     out = tracker.step(swapped, embed(1, 0))
     assert out.track_ids.tolist() == [1, 0] and out.masks is None
-
-
-def _crossing(tracker: OnlineTracker) -> list[list[int]]:
-    """Two look-alike objects (same class, same embedding) crossing each other at 10 px/frame."""
-    same = embed(0, 0)
-    ids = []
-    for p, q in [(0.0, 30.0), (10.0, 20.0), (20.0, 10.0), (30.0, 0.0)]:
-        out = tracker.step(frame([[p, 0.0, p + 20, 10.0], [q, 0.0, q + 20, 10.0]], [1, 1]), same)
-        ids.append(out.track_ids.tolist())
-    return ids
-
-
-def test_motion_keeps_crossing_look_alikes_apart_where_the_last_box_swaps_them():
-    # the paper's static last box: at frame 2 each object sits exactly on the other's last box
-    assert _crossing(OnlineTracker(PAPER)) == [[0, 1], [0, 1], [1, 0], [1, 0]]
-    assert _crossing(OnlineTracker(PAPER, motion=True)) == [[0, 1], [0, 1], [0, 1], [0, 1]]
-
-
-def test_memory_velocity_over_a_gap_and_prediction():
-    memory = TrackMemory()
-    memory.append(
-        torch.zeros(2, 3),
-        torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]]),
-        torch.tensor([0, 1]),
-        frame=0,
-    )
-    torch.testing.assert_close(memory.predicted_boxes(5), memory.boxes)  # no velocity yet
-    # track 0 re-matched 4 frames later, 8 px to the right and 4 px wider
-    memory.overwrite(torch.tensor([0]), torch.zeros(1, 3), torch.tensor([[8.0, 0, 22, 10]]), 4)
-    torch.testing.assert_close(memory.velocities[0], torch.tensor([2.0, 0.0, 3.0, 0.0]))
-    torch.testing.assert_close(memory.velocities[1], torch.zeros(4))
-    torch.testing.assert_close(memory.predicted_boxes(6)[0], torch.tensor([12.0, 0, 28, 10]))
-    # a shrinking box is not extrapolated inside out: it collapses to zero size
-    memory.overwrite(torch.tensor([1]), torch.zeros(1, 3), torch.tensor([[4.0, 0, 6, 10]]), 4)
-    predicted = memory.predicted_boxes(12)[1]
-    assert predicted[2] == predicted[0] and predicted[3] == 10.0

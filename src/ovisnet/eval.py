@@ -16,7 +16,7 @@ Arguments are ``key=value`` pairs. The evaluation's own keys:
 Every other ``key=value`` overrides the run config with OmegaConf dot-list syntax, e.g.
 ``data.root=/data/ovis data.eps_test=5 system.oracle=true trainer.devices=2``. As in Hydra, a key
 the run config lacks is an error (a typo must not be silently ignored) unless prefixed with ``+``
-(``+system.tracker.motion=true`` on a run saved before that option existed).
+(``+system.tracker.max_age=10``: a tracker argument the config does not list).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from torch import Tensor
 
 @dataclass
 class TrackMemory:
-    """Per-track state: last embedding, last box and velocity, label, frame of the last update.
+    """Per-track state: last embedding, last box, label and the frame of the last update.
 
     Attributes:
         embeddings: ``(M, D)`` embedding of each track's latest detection (detached).
@@ -25,15 +25,12 @@ class TrackMemory:
         labels: ``(M,)`` int64 class of each track (of its first detection unless the tracker
             updates labels).
         last_seen: ``(M,)`` int64 index of the frame that created or last matched each track.
-        velocities: ``(M, 4)`` per-frame xyxy displacement between each track's last two
-            matches (0 for a track matched once); only the tracker's ``motion`` option reads it.
     """
 
     embeddings: Tensor = field(default_factory=lambda: torch.zeros(0, 0))
     boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4))
     labels: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     last_seen: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    velocities: Tensor = field(default_factory=lambda: torch.zeros(0, 4))
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -58,29 +55,17 @@ class TrackMemory:
         start = len(self)
         embeddings = embeddings.detach()
         seen = labels.new_full((labels.shape[0],), frame)
-        still = torch.zeros_like(boxes, dtype=self.boxes.dtype if start else boxes.dtype)
         if start == 0:
             self.embeddings = embeddings.clone()
             self.boxes = boxes.detach().clone()
             self.labels = labels.clone()
             self.last_seen = seen
-            self.velocities = still
         else:
             self.embeddings = torch.cat([self.embeddings, embeddings])
             self.boxes = torch.cat([self.boxes, boxes.detach()])
             self.labels = torch.cat([self.labels, labels])
             self.last_seen = torch.cat([self.last_seen, seen])
-            self.velocities = torch.cat([self.velocities, still])
         return torch.arange(start, len(self), device=self.boxes.device)
-
-    def predicted_boxes(self, frame: int) -> Tensor:
-        """``(M, 4)`` boxes moved at constant velocity from their last match to ``frame``.
-
-        A box that the extrapolation turns inside out collapses to zero size (IoU 0).
-        """
-        elapsed = (frame - self.last_seen).to(self.boxes.dtype)[:, None]
-        x1, y1, x2, y2 = (self.boxes + self.velocities * elapsed).unbind(dim=1)
-        return torch.stack([x1, y1, torch.maximum(x1, x2), torch.maximum(y1, y2)], dim=1)
 
     def overwrite(
         self,
@@ -99,11 +84,8 @@ class TrackMemory:
             frame: index of the current frame.
             labels: ``(k,)`` new classes, or None to keep each track's label.
         """
-        boxes = boxes.detach().to(self.boxes.dtype)
-        elapsed = (frame - self.last_seen[track_ids]).clamp_min(1).to(boxes.dtype)[:, None]
-        self.velocities[track_ids] = (boxes - self.boxes[track_ids]) / elapsed
         self.embeddings[track_ids] = embeddings.detach().to(self.embeddings.dtype)
-        self.boxes[track_ids] = boxes
+        self.boxes[track_ids] = boxes.detach().to(self.boxes.dtype)
         if labels is not None:
             self.labels[track_ids] = labels
         self.last_seen[track_ids] = frame

@@ -56,11 +56,6 @@ class OnlineTracker:
         max_age: if set, a track last matched more than ``max_age`` frames ago (empty frames
             count) is no longer a candidate; its id is never reused. Default None: tracks never
             expire, as in the paper.
-        motion: the IoU term compares a detection with the track's last box moved at the
-            track's last velocity (displacement between its last two matches per frame) to the
-            current frame, instead of with the last box itself. Default False: the paper's
-            static last box. Helps where the embedding cannot tell look-alike objects apart and
-            position is the evidence left (not in the paper or the official code).
     """
 
     def __init__(
@@ -70,7 +65,6 @@ class OnlineTracker:
         nms_iou: float | None = None,
         update_labels: bool = False,
         max_age: int | None = None,
-        motion: bool = False,
     ) -> None:
         if max_age is not None and max_age < 1:
             raise ValueError(f"max_age must be >= 1 or None, got {max_age}")
@@ -78,7 +72,6 @@ class OnlineTracker:
         self.nms_iou = nms_iou
         self.update_labels = update_labels
         self.max_age = max_age
-        self.motion = motion
         self.memory = TrackMemory()
         self.frame = 0  # index of the next frame to be fed to ``step``
 
@@ -121,11 +114,10 @@ class OnlineTracker:
             ids = self.memory.append(embeddings, detections.boxes, detections.labels, frame)
             return replace(detections, track_ids=ids)
 
-        track_boxes = self.memory.predicted_boxes(frame) if self.motion else self.memory.boxes
         scores = association_scores(
             match_logits(embeddings, self.memory.embeddings[candidates]),
             detections.scores,
-            box_iou(detections.boxes, track_boxes[candidates]),
+            box_iou(detections.boxes, self.memory.boxes[candidates]),
             detections.labels[:, None] == self.memory.labels[candidates][None, :],
             self.weights,
         )
