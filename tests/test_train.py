@@ -116,3 +116,16 @@ def test_calibration_health_is_logged_and_a_dead_calibration_warns(
     logged = trainer.callback_metrics
     assert float(logged["train/calibration/share"]) == 0.0
     assert float(logged["train/calibration/offset_abs"]) > 1e4
+
+
+@pytest.mark.parametrize(
+    ("mode", "offline"),
+    [(None, True), ("offline", True), ("dryrun", True), ("online", False), ("disabled", False)],
+)
+def test_wandb_logger_is_offline_unless_the_user_sets_a_mode(mode, offline, monkeypatch, tmp_path):
+    if mode is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", mode)
+    cfg = _compose(["logger=wandb", f"paths.output_dir={tmp_path}"])
+    assert cfg.logger.wandb.offline is offline

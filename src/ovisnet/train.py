@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,19 @@ from omegaconf import DictConfig, OmegaConf
 from ovisnet.lit.system import METRIC_KEYS
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def wandb_offline() -> bool:
+    """W&B runs offline unless the user chose a mode with ``WANDB_MODE`` (e.g. ``online``).
+
+    Lightning's ``WandbLogger(offline=True)`` overwrites ``WANDB_MODE``, so the choice has to be
+    made here (the ``${ovisnet.wandb_offline:}`` resolver of ``conf/logger/wandb.yaml``).
+    """
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    return mode in ("", "offline", "dryrun")
+
+
+OmegaConf.register_new_resolver("ovisnet.wandb_offline", wandb_offline, replace=True)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:

@@ -170,7 +170,8 @@ class TemporalFeatureCalibration(nn.Module):
         it under AdamW at full lr), and CMaskTrack quietly becomes MaskTrack.
 
         Returns:
-            ``offset_abs``: mean |offset| in pixels of the level (all levels and calls averaged);
+            ``offset_abs``: mean |offset| in feature-map cells of its level (levels and calls
+            averaged);
             ``share``: mean |DeformConv(R, offsets)| / mean |Q|, the size of what the
             calibration adds relative to the query features (0 when dead). Empty when there was
             no training call (or for the ``add`` fusion).
