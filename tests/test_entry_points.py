@@ -206,7 +206,11 @@ def test_ddp_evaluation_on_two_gloo_processes_equals_one_process(cli_run, tmp_pa
 
     root = tmp_path / "data"  # 3 validation videos: the two ranks get 2 and 1
     generate(root, seed=5, num_videos=5, num_frames=4, size=(96, 64), valid_fraction=0.6)
-    common = [f"ckpt_path={cli_run / 'checkpoints' / 'last.ckpt'}", f"data.root={root}"]
+    common = [
+        f"ckpt_path={cli_run / 'checkpoints' / 'last.ckpt'}",
+        f"data.root={root}",
+        "model.rcnn.score_thresh=0.05",  # a 2-step model scores below the preset's 0.5
+    ]
     single = _run_eval_cli([*common, f"output_dir={tmp_path / 'single'}"])
     ddp = _run_eval_cli(
         [
