@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from ovisnet.evaluation import evaluate_results
-from ovisnet.train import CONFIG_DIR, train
+from ovisnet.train import CONFIG_DIR, build, train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
@@ -85,11 +87,6 @@ def test_lr_mult_param_groups(tmp_path):
 def test_calibration_health_is_logged_and_a_dead_calibration_warns(
     tiny_synthetic, tiny_train_overrides, tmp_path
 ):
-    import lightning as L
-    import torch
-
-    from ovisnet.train import build
-
     cfg = _compose(
         [
             "experiment=cmasktrack_cpu",
