@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.utils import instantiate
@@ -84,10 +84,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                 f"override {item!r}: {key!r} is not in the run config (a typo?); "
                 f"write +{key}={value} to add it"
             )
-        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
-        if not isinstance(merged, DictConfig):
-            raise ValueError(f"override {item!r} did not leave a mapping")
-        cfg = merged
+        cfg = cast(DictConfig, OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"])))
     return cfg
 
 

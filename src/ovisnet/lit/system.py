@@ -130,7 +130,7 @@ class VISSystem(L.LightningModule):
         stats = calibration.pop_stats() if hasattr(calibration, "pop_stats") else {}
         for key, value in stats.items():
             self.log(f"train/calibration/{key}", value, batch_size=batch_size)
-        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        every = self.trainer.log_every_n_steps  # one host sync per logging interval, not per step
         if "share" in stats and not self._warned_dead_calibration and self.global_step % every == 0:
             share = float(stats["share"])
             if share < DEAD_CALIBRATION_SHARE:

@@ -153,11 +153,12 @@ class TemporalFeatureCalibration(nn.Module):
 
     @torch.no_grad()
     def _record(self, offsets: Tensor, sampled: Tensor, query: Tensor) -> None:
+        # float32 accumulation without float32 copies of the (bf16 under autocast) maps
+        def mean_abs(x: Tensor) -> Tensor:
+            return x.abs().mean(dtype=torch.float32)
+
         stats = torch.stack(
-            [
-                offsets.float().abs().mean(),
-                sampled.float().abs().mean() / query.float().abs().mean().clamp_min(1e-12),
-            ]
+            [mean_abs(offsets), mean_abs(sampled) / mean_abs(query).clamp_min(1e-12)]
         )
         self._stat_sums = stats if self._stat_sums is None else self._stat_sums + stats
         self._stat_calls += 1
