@@ -228,6 +228,42 @@ def test_loss_does_not_depend_on_module_mode(batch):
         assert eval_losses[key].item() == train_losses[key].item()
 
 
+def test_detach_reference_keeps_losses_and_stops_only_the_reference_backbone_gradient(batch):
+    # Backbone in eval mode so that batch norm sees the same statistics whether the two frames
+    # run as one batch or separately; then the losses, and every gradient outside the backbone,
+    # must be the same; only backbone gradients change (they lose the reference path).
+    model = make_model(AddReference(CHANNELS))
+    model.backbone.eval()
+    seen = []
+    model.backbone.register_forward_hook(
+        lambda _m, args, _out: seen.append((len(args[0]), torch.is_grad_enabled()))
+    )
+    grads = {}
+    calls = {}
+    for detach in (False, True):
+        model.detach_reference = detach
+        model.zero_grad(set_to_none=True)
+        seen.clear()
+        torch.manual_seed(5)
+        losses = model.loss(batch)
+        sum(losses.values()).backward()
+        grads[detach] = {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+        calls[detach] = (list(seen), {k: v.item() for k, v in losses.items()})
+    assert calls[False][0] == [(4, True)]
+    assert calls[True][0] == [(2, True), (2, False)]
+    for key, value in calls[False][1].items():
+        assert calls[True][1][key] == pytest.approx(value, rel=1e-5, abs=1e-6)
+    assert set(grads[True]) == set(grads[False])
+    changed = {
+        name
+        for name, grad in grads[False].items()
+        if not torch.allclose(grads[True][name], grad, rtol=1e-4, atol=1e-6)
+    }
+    assert changed and all(name.startswith("backbone.") for name in changed), changed
+
+
 # --- inference ---------------------------------------------------------------------------------
 
 

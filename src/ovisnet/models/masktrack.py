@@ -93,6 +93,10 @@ class MaskTrackRCNN(nn.Module):
         rcnn: box/mask head settings.
         pixel_mean: RGB mean subtracted from the 0–255 pixels.
         pixel_std: RGB standard deviation the pixels are divided by.
+        detach_reference: in training, run the reference frame's backbone without gradient
+            (the official code's ``detach_ref``, off there and by default). The calibration and
+            the track head still learn from the reference features; the backbone learns from
+            the query frame only, and its backward pass runs on half the frames.
     """
 
     def __init__(
@@ -106,8 +110,10 @@ class MaskTrackRCNN(nn.Module):
         rcnn: RCNNConfig | None = None,
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
+        detach_reference: bool = False,
     ) -> None:
         super().__init__()
+        self.detach_reference = detach_reference
         channels = backbone.out_channels
         rpn_cfg = rpn or RPNConfig()
         anchors = AnchorGenerator(
@@ -171,7 +177,8 @@ class MaskTrackRCNN(nn.Module):
     def loss(self, batch: ClipBatch) -> dict[str, Tensor]:
         """Training losses of a batch of (query, reference) pairs (SPEC §2.2, §3.2).
 
-        Both frames go through the backbone. RPN, box and mask losses are computed on the query
+        Both frames go through the backbone (the reference without gradient under
+        ``detach_reference``). RPN, box and mask losses are computed on the query
         frame (box/mask heads on calibrated features when the model has a calibration module).
         The tracking loss matches the embeddings of the query's positive sampled RoIs (IoU >= the
         R-CNN ``fg_iou_thresh``, 0.5) against those of the reference frame's ground-truth boxes;
@@ -192,10 +199,15 @@ class MaskTrackRCNN(nn.Module):
         if num_frames != 2:
             raise ValueError(f"loss() needs (query, reference) pairs, got {num_frames} frames")
         canvas = (batch.images.shape[-2], batch.images.shape[-1])
-        sizes = [size for size in batch.image_sizes for _ in range(2)]
-        features = self.extract_features(batch.images.flatten(0, 1), sizes)
-        query = {k: v[0::2] for k, v in features.items()}
-        reference = {k: v[1::2] for k, v in features.items()}
+        if self.detach_reference:
+            query = self.extract_features(batch.images[:, 0], batch.image_sizes)
+            with torch.no_grad():
+                reference = self.extract_features(batch.images[:, 1], batch.image_sizes)
+        else:
+            sizes = [size for size in batch.image_sizes for _ in range(2)]
+            features = self.extract_features(batch.images.flatten(0, 1), sizes)
+            query = {k: v[0::2] for k, v in features.items()}
+            reference = {k: v[1::2] for k, v in features.items()}
         query_gt = [_without_crowd(clip[0]) for clip in batch.targets]
         ref_gt = [_without_crowd(clip[1]) for clip in batch.targets]
         if any(gt.masks is None for gt in query_gt):
