@@ -645,15 +645,12 @@ def rss_child(num_frames: int, cache_dir: Path, threads: int) -> None:
     with torch.no_grad():
         for batch in loader:
             if batch.frame_indices[0][0] == 0:
-                predictor = VideoPredictor(
+                predictor = VideoPredictor.for_video(
+                    batch,
                     model,
                     tracker_factory(),
                     paste,
-                    video_id=batch.video_ids[0],
-                    length=batch.video_lengths[0],
-                    image_size=batch.image_sizes[0],
-                    original_size=batch.original_sizes[0],
-                    category_ids=[c.id for c in ann.categories],
+                    [c.id for c in ann.categories],
                     eps_test=cfg.data.eps_test,
                 )
             assert predictor is not None

@@ -226,15 +226,12 @@ class VISSystem(L.LightningModule):
         video_id, t = batch.video_ids[0], batch.frame_indices[0][0]
         if t == 0:
             ann = self.trainer.datamodule.load_split(self._split(prefix))
-            self._predictors[video_id] = VideoPredictor(
+            self._predictors[video_id] = VideoPredictor.for_video(
+                batch,
                 self.model,
                 self.tracker_factory(),
                 self.paste,
-                video_id=video_id,
-                length=batch.video_lengths[0],
-                image_size=batch.image_sizes[0],
-                original_size=batch.original_sizes[0],
-                category_ids=[c.id for c in ann.categories],
+                [c.id for c in ann.categories],
                 eps_test=self.hparams.eps_test,
                 oracle=self.hparams.oracle,
             )

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ovisnet.data.sampling import reference_frames
 from ovisnet.evaluation.formatting import VideoResultBuilder
-from ovisnet.structures import FeatureMaps, Instances
+from ovisnet.structures import ClipBatch, FeatureMaps, Instances
 from ovisnet.tracking.tracker import OnlineTracker, oracle_detections
 
 
@@ -97,6 +97,33 @@ class VideoPredictor:
         self.targets: dict[int, Instances | None] = {}
         self.next_frame = 0  # next frame to arrive
         self.next_output = 0  # next frame to detect and track
+
+    @classmethod
+    def for_video(
+        cls,
+        batch: ClipBatch,
+        model: TrackingDetector,
+        tracker: OnlineTracker,
+        paste: Callable[..., Instances],
+        category_ids: Sequence[int],
+        **kwargs: Any,
+    ) -> VideoPredictor:
+        """A predictor for the video of an evaluation batch (one frame of one video).
+
+        ``video_id``, ``length``, ``image_size`` and ``original_size`` come from the batch;
+        ``kwargs`` are ``eps_test`` / ``oracle``.
+        """
+        return cls(
+            model,
+            tracker,
+            paste,
+            video_id=batch.video_ids[0],
+            length=batch.video_lengths[0],
+            image_size=batch.image_sizes[0],
+            original_size=batch.original_sizes[0],
+            category_ids=category_ids,
+            **kwargs,
+        )
 
     @property
     def done(self) -> bool:
