@@ -54,6 +54,7 @@ train: synthetic ## train $(EXP) (default: the CPU CMaskTrack preset on the synt
 bench: install ## run the benchmarks (ratios measured side by side)
 	$(BIN)/python scripts/bench_correlation.py
 	$(BIN)/python scripts/bench_inference.py
+	$(BIN)/python scripts/bench_sipmask.py
 
 clean: ## remove build and test caches (keeps .venv and data/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

@@ -11,8 +11,9 @@ detect, embed, track, paste, RLE). Every score threshold is 0, so all three keep
 torchvision model so the proposal and NMS workloads match. After the timed frames, a few more
 frames run instrumented (each stage timed separately) for a per-stage breakdown.
 
-Part ``rss``: the light CPU preset (``experiment=cmasktrack_cpu``: ResNet-18, 64-channel FPN,
-calibration hidden 64, 30 detections) streams a whole synthetic 320x192 video through
+Part ``rss``: each light CPU preset (``experiment=cmasktrack_cpu`` and ``csipmask_cpu``:
+ResNet-18, 64-channel FPN, calibration hidden 64, 30 detections; CSipMask at score threshold 0
+so that its random weights keep detections) streams a whole synthetic 320x192 video through
 ``VideoPredictor`` (eps_test 3), frames read from disk one at a time by the eval dataloader
 (``VISDataModule.eval_dataloader``, in-process), once for a 50-frame and once for a 400-frame
 video, each in a fresh subprocess that reports its peak RSS.
@@ -612,8 +613,17 @@ def run_speed(args: argparse.Namespace) -> None:
 
 
 # -- rss part ----------------------------------------------------------------------------------
-def rss_child(num_frames: int, cache_dir: Path, threads: int) -> None:
-    """Stream one synthetic video through the light CPU preset; print a JSON line of memory.
+# Overrides of each streamed-memory experiment. The SipMask family's score threshold is 0 so that
+# its random-weight model keeps its 30 detections per frame and the results being built are part
+# of what is measured (CMaskTrack's figure is the one recorded before, at the preset's settings).
+RSS_OVERRIDES = {
+    "cmasktrack_cpu": [],
+    "csipmask_cpu": ["model.test.score_thresh=0.0"],
+}
+
+
+def rss_child(num_frames: int, cache_dir: Path, threads: int, experiment: str) -> None:
+    """Stream one synthetic video through a light CPU preset; print a JSON line of memory.
 
     Runs in its own process (``--rss-child N``) so the peak RSS belongs to this case only.
     """
@@ -624,13 +634,18 @@ def rss_child(num_frames: int, cache_dir: Path, threads: int) -> None:
 
     torch.set_num_threads(threads)
     root = synthetic_video(cache_dir, num_frames, RSS_SIZE)
-    overrides = ["experiment=cmasktrack_cpu", f"data.root={root}", "data.num_workers=0"]
+    overrides = [
+        f"experiment={experiment}",
+        f"data.root={root}",
+        "data.num_workers=0",
+        *RSS_OVERRIDES[experiment],
+    ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     torch.manual_seed(0)
     model = instantiate(cfg.model, _convert_="all").eval()
     tracker_factory = instantiate(cfg.system.tracker, _convert_="all")
-    paste = instantiate(cfg.system.paste, _convert_="all")
+    paste = model.paste
     rss_model = proc_status_kib("VmRSS")
 
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -672,18 +687,26 @@ def rss_child(num_frames: int, cache_dir: Path, threads: int) -> None:
         "maxrss": maxrss,
         "seconds": seconds,
         "tracks": len(results),
+        "detections": sum(sum(s is not None for s in r["segmentations"]) for r in results),
     }
     print(json.dumps(report))
 
 
 def run_rss(args: argparse.Namespace) -> None:
     """Part 2: peak RSS of streamed evaluation, short vs long video, fresh process each."""
+    for experiment in args.rss_experiments:
+        run_rss_experiment(args, experiment)
+
+
+def run_rss_experiment(args: argparse.Namespace, experiment: str) -> None:
+    """Peak RSS of one preset's streamed evaluation over the ``--rss-frames`` videos."""
     cache_dir = Path(args.cache_dir)
+    extra = " ".join(RSS_OVERRIDES[experiment])
     print(
-        f"## Streamed evaluation memory: experiment=cmasktrack_cpu (R18, FPN 64, calibration "
-        f"hidden 64, 30 dets), CPU, threads={args.threads}, synthetic {RSS_SIZE[0]}x{RSS_SIZE[1]} "
-        f"video read from disk frame by frame (eval dataloader, num_workers=0), fresh process "
-        f"per video\n"
+        f"## Streamed evaluation memory: experiment={experiment} {extra} (R18, FPN 64, "
+        f"calibration hidden 64, 30 dets), CPU, threads={args.threads}, synthetic "
+        f"{RSS_SIZE[0]}x{RSS_SIZE[1]} video read from disk frame by frame (eval dataloader, "
+        f"num_workers=0), fresh process per video\n"
     )
     reports = []
     for n in args.rss_frames:
@@ -697,6 +720,8 @@ def run_rss(args: argparse.Namespace) -> None:
             str(cache_dir),
             "--threads",
             str(args.threads),
+            "--rss-experiments",
+            experiment,
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -717,6 +742,7 @@ def run_rss(args: argparse.Namespace) -> None:
             mib(r["rss_end_kib"]),
             f"{r['frames'] / r['seconds']:.2f}",
             str(r["tracks"]),
+            str(r["detections"]),
         ]
         for r in reports
     ]
@@ -729,6 +755,7 @@ def run_rss(args: argparse.Namespace) -> None:
         "RSS at end",
         "frames/s (incl. reading)",
         "result tracks",
+        "tracked masks written",
     ]
     print(markdown_table(headers, rows))
     print()
@@ -771,6 +798,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rss-frames", type=int, nargs="+", default=[50, 400])
     parser.add_argument(
+        "--rss-experiments",
+        nargs="+",
+        choices=sorted(RSS_OVERRIDES),
+        default=["cmasktrack_cpu", "csipmask_cpu"],
+    )
+    parser.add_argument(
         "--cache-dir",
         default=str(Path(tempfile.gettempdir()) / "ovisnet-bench-inference"),
         help="where the synthetic videos are generated (reused when present)",
@@ -779,7 +812,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.rss_child is not None:
-        rss_child(args.rss_child, Path(args.cache_dir), args.threads)
+        rss_child(args.rss_child, Path(args.cache_dir), args.threads, args.rss_experiments[0])
         return
     on_cuda = torch.device(args.device).type == "cuda"
     if args.frames is None:

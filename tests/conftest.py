@@ -136,3 +136,17 @@ def tiny_train_overrides(tiny_synthetic: Path) -> list[str]:
         "model.rpn.post_nms_top_n=50",
         "model.rcnn.detections_per_img=10",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_sipmask_overrides(tiny_train_overrides: list[str]) -> list[str]:
+    """``tiny_train_overrides`` for the SipMask family: no RPN / R-CNN keys, a narrow head,
+    and every detection kept (a 2-step model scores below the recipe's 0.03)."""
+    kept = [o for o in tiny_train_overrides if not o.startswith(("model.rpn.", "model.rcnn."))]
+    return [
+        *kept,
+        "model.test.detections_per_img=10",
+        "model.test.score_thresh=0.0",
+        "model.config.basis_channels=32",
+        "model.config.track_dim=32",
+    ]

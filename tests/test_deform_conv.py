@@ -10,23 +10,28 @@ from torchvision.ops import deform_conv2d
 from ovisnet.ops.deform_conv import DeformConv2d, bounded_offsets, deform_conv2d_sampled
 
 CASES = [
-    # (batch, channels, out_channels, height, width, kernel, padding, dilation, offset scale)
+    # (batch, channels, out_channels, height, width, kernel, padding, dilation, offset scale[,
+    # offset groups])
     (2, 3, 4, 7, 9, 3, 1, 1, 2.0),
     (1, 5, 2, 6, 5, 3, 0, 1, 1.5),
     (2, 2, 3, 8, 8, 3, 2, 2, 3.0),
     (1, 4, 4, 1, 6, 3, 1, 1, 1.0),  # a one-row map
     (1, 3, 2, 5, 5, 1, 0, 1, 0.7),
     (2, 3, 3, 6, 7, 3, 1, 1, 25.0),  # most taps leave the map
+    (2, 8, 3, 6, 7, 3, 1, 1, 2.0, 4),  # SipMask's feature alignment: 4 offset groups
+    (1, 6, 2, 5, 6, 3, 1, 1, 1.5, 2),
 ]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_sampled_equals_torchvision_in_value_and_gradient(case):
-    batch, cin, cout, h, w, k, pad, dil, scale = case
+    batch, cin, cout, h, w, k, pad, dil, scale = case[:9]
+    groups = case[9] if len(case) > 9 else 1
     gen = torch.Generator().manual_seed(sum(case[:6]))
     x = torch.randn(batch, cin, h, w, generator=gen, dtype=torch.float64)
     out_h, out_w = h + 2 * pad - dil * (k - 1), w + 2 * pad - dil * (k - 1)
-    off = scale * torch.randn(batch, 2 * k * k, out_h, out_w, generator=gen, dtype=torch.float64)
+    off_shape = (batch, 2 * groups * k * k, out_h, out_w)
+    off = scale * torch.randn(off_shape, generator=gen, dtype=torch.float64)
     weight = torch.randn(cout, cin, k, k, generator=gen, dtype=torch.float64)
     bias = torch.randn(cout, generator=gen, dtype=torch.float64)
     inputs = [t.requires_grad_() for t in (x, off, weight, bias)]
@@ -88,7 +93,11 @@ def test_bounded_offsets_changes_no_finite_value_that_matters():
 def test_invalid_backend_and_offset_groups():
     with pytest.raises(ValueError, match="backend"):
         DeformConv2d(2, 2, 3, backend="cuda")
-    with pytest.raises(ValueError, match="offset must be"):
+    with pytest.raises(ValueError, match="offset must be"):  # 2 offset groups, 3 channels
         deform_conv2d_sampled(
-            torch.zeros(1, 2, 4, 4), torch.zeros(1, 36, 4, 4), torch.zeros(2, 2, 3, 3), padding=1
+            torch.zeros(1, 3, 4, 4), torch.zeros(1, 36, 4, 4), torch.zeros(2, 3, 3, 3), padding=1
+        )
+    with pytest.raises(ValueError, match="offset must be"):  # not a multiple of 2 * 9
+        deform_conv2d_sampled(
+            torch.zeros(1, 2, 4, 4), torch.zeros(1, 20, 4, 4), torch.zeros(2, 2, 3, 3), padding=1
         )

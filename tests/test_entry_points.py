@@ -50,6 +50,31 @@ def cli_run(tiny_synthetic, tiny_train_overrides, tmp_path_factory) -> Path:
     return run_dir
 
 
+def test_csipmask_cli_run_is_rebuilt_by_eval_from_its_checkpoint(
+    tiny_synthetic, tiny_sipmask_overrides, tmp_path
+):
+    run_dir = tmp_path / "run"
+    _run_module(
+        "ovisnet.train",
+        [
+            "experiment=csipmask_cpu",
+            *tiny_sipmask_overrides,
+            f"hydra.run.dir={run_dir}",
+        ],
+    )
+    trained = json.loads((run_dir / "results" / "val_epoch000" / "results.json").read_text())
+    assert trained  # detections were tracked and written
+    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    summary = evaluate(ckpt, output_dir=str(tmp_path / "eval"))
+    evaluated = json.loads((Path(summary["results_dir"]) / "results.json").read_text())
+    assert evaluated == trained  # the rebuilt CSipMask streams exactly as in training
+    expected = evaluate_results(tiny_synthetic / "annotations" / "valid.json", evaluated)
+    for key, value in summary["metrics"].items():
+        assert value == pytest.approx(100.0 * expected[key], abs=1e-9)
+    oracle = evaluate(ckpt, output_dir=str(tmp_path / "oracle"), overrides=["system.oracle=true"])
+    assert oracle["metrics"]["AP"] == pytest.approx(100.0)
+
+
 def test_cli_run_saves_config_checkpoints_and_results(cli_run):
     assert (cli_run / ".hydra" / "config.yaml").is_file()
     assert (cli_run / "checkpoints" / "last.ckpt").is_file()
@@ -169,14 +194,18 @@ def test_slurm_launcher_config_composes():
 
 
 @pytest.mark.slow
-def test_multirun_over_two_seeds_with_the_basic_launcher(tiny_train_overrides, tmp_path):
+@pytest.mark.parametrize("experiment", ["masktrack", "csipmask_cpu"])
+def test_multirun_over_two_seeds_with_the_basic_launcher(
+    experiment, tiny_train_overrides, tiny_sipmask_overrides, tmp_path
+):
     sweep = tmp_path / "sweep"
+    overrides = tiny_sipmask_overrides if "sipmask" in experiment else tiny_train_overrides
     _run_module(
         "ovisnet.train",
         [
             "-m",
-            "experiment=masktrack",
-            *tiny_train_overrides,
+            f"experiment={experiment}",
+            *overrides,
             "seed=0,1",
             f"hydra.sweep.dir={sweep}",
         ],

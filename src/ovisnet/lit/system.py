@@ -59,8 +59,9 @@ class VISSystem(L.LightningModule):
         model: the plain model.
         optimizer: factory ``params -> torch.optim.Optimizer`` (Hydra ``_partial_``).
         tracker: factory ``() -> OnlineTracker`` (Hydra ``_partial_``), one call per video.
-        paste: mask pasting function of the model family (``instances, image_size=,
-            original_size= -> instances``).
+        paste: mask pasting function (``instances, image_size=, original_size= ->
+            instances``); None (the default) uses the model's own ``paste`` method, so a model
+            swap never meets the other family's mask format.
         warmup_steps: linear warm-up length in optimiser steps.
         warmup_ratio: LR factor at step 0.
         lr_steps: epochs after which the LR is multiplied by ``lr_gamma``.
@@ -72,6 +73,10 @@ class VISSystem(L.LightningModule):
         oracle: feed ground truth to the tracker instead of detections (OVIS oracle study).
         results_dir: where each validation's ``results.json`` / ``results.zip`` go (default:
             ``<trainer.default_root_dir>/results``).
+        bias_lr_mult: extra learning-rate factor of every parameter named ``*.bias`` (the
+            SipMask recipe: 2), on top of ``lr_mult``.
+        bias_weight_decay: weight decay of the ``*.bias`` parameters (the SipMask recipe: 0);
+            None keeps the optimiser's.
     """
 
     def __init__(
@@ -79,7 +84,7 @@ class VISSystem(L.LightningModule):
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         tracker: Callable[[], OnlineTracker],
-        paste: Callable[..., Any],
+        paste: Callable[..., Any] | None = None,
         *,
         warmup_steps: int = 500,
         warmup_ratio: float = 1.0 / 3.0,
@@ -89,13 +94,15 @@ class VISSystem(L.LightningModule):
         oracle: bool = False,
         results_dir: str | None = None,
         lr_mult: dict[str, float] | None = None,
+        bias_lr_mult: float = 1.0,
+        bias_weight_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "tracker", "paste"])
         self.model = model
         self.optimizer_factory = optimizer
         self.tracker_factory = tracker
-        self.paste = paste
+        self.paste = paste if paste is not None else model.paste
         self._predictors: dict[int, VideoPredictor] = {}
         self._results: list[dict[str, Any]] = []
         self._ground_truth: dict[str, GroundTruth] = {}  # parsed once per split
@@ -167,24 +174,36 @@ class VISSystem(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters grouped by learning-rate multiplier (``lr_mult``).
+        """Trainable parameters grouped by learning-rate multiplier and bias treatment.
 
         Returns:
-            One ``{"params": [...], "lr_mult": m}`` group per multiplier in use; the optimiser
-            keeps the extra key and :meth:`configure_optimizers` scales each group's ``lr``.
+            One ``{"params": [...], "lr_mult": m}`` group per multiplier in use (``lr_mult``
+            prefixes, times ``bias_lr_mult`` for biases), biases in their own groups with
+            ``weight_decay`` set when ``bias_weight_decay`` is given; the optimiser keeps the
+            extra key and :meth:`configure_optimizers` scales each group's ``lr``.
         """
-        mults = dict(self.hparams.get("lr_mult") or {})
+        hp = self.hparams
+        mults = dict(hp.get("lr_mult") or {})
+        bias_mult = float(hp.get("bias_lr_mult", 1.0))
+        bias_decay = hp.get("bias_weight_decay")
+        split_biases = bias_mult != 1.0 or bias_decay is not None
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         unused = [k for k in mults if not any(n.startswith(k) for n, _ in named)]
         if unused:
             raise ValueError(f"lr_mult prefixes match no trainable parameter: {unused}")
-        groups: dict[float, list[torch.nn.Parameter]] = {}
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
         for name, param in named:
             matches = [k for k in mults if name.startswith(k)]
-            groups.setdefault(float(mults[max(matches, key=len)]) if matches else 1.0, []).append(
-                param
-            )
-        return [{"params": params, "lr_mult": mult} for mult, params in groups.items()]
+            mult = float(mults[max(matches, key=len)]) if matches else 1.0
+            is_bias = split_biases and name.endswith(".bias")
+            groups.setdefault((mult * bias_mult if is_bias else mult, is_bias), []).append(param)
+        out = []
+        for (mult, is_bias), params in groups.items():
+            group: dict[str, Any] = {"params": params, "lr_mult": mult}
+            if is_bias and bias_decay is not None:
+                group["weight_decay"] = float(bias_decay)
+            out.append(group)
+        return out
 
     # -- exact resume ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,23 +1,53 @@
-"""Backbone + FPN feature extractors for the R-CNN family (SPEC §1.3).
+"""Backbone + FPN feature extractors (SPEC §1.3).
 
-Both return an ``OrderedDict`` with levels ``'0'``..``'3'`` (P2–P5, strides 4–32) and ``'pool'``
-(P6, a stride-2 max-pool of P5) and expose ``out_channels``; their submodules are named ``body``
-and ``fpn`` like torchvision's, so COCO Mask R-CNN checkpoints load without renaming
-(:mod:`ovisnet.models.checkpoint`). No pretrained weights are downloaded.
+Two pyramids, chosen by ``pyramid``:
+
+* ``"p2p6"`` (the R-CNN family): levels ``'0'``..``'3'`` (P2–P5, strides 4–32) and ``'pool'``
+  (P6, a stride-2 max-pool of P5), torchvision's ``LastLevelMaxPool``;
+* ``"p3p7"`` (the one-stage SipMask family): levels ``'0'``..``'2'`` (P3–P5, strides 8–32) from
+  C3–C5 and ``'p6'``, ``'p7'`` (strides 64, 128: 3x3 stride-2 convs on P5 and on ReLU(P6)),
+  torchvision's ``LastLevelP6P7``.
+
+Both extractors expose ``out_channels`` and ``strides`` (one per returned level, in order); their
+submodules are named ``body`` and ``fpn`` like torchvision's, so COCO Mask R-CNN checkpoints load
+without renaming (:mod:`ovisnet.models.checkpoint`). No pretrained weights are downloaded.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal
 
 import timm
 from torch import Tensor, nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import (
+    ExtraFPNBlock,
+    FeaturePyramidNetwork,
+    LastLevelMaxPool,
+    LastLevelP6P7,
+)
 
 FPN_STRIDES = (4, 8, 16, 32)
 """Strides of the levels ``'0'``..``'3'``; the Mask R-CNN heads and anchors assume them."""
+
+Pyramid = Literal["p2p6", "p3p7"]
+PYRAMID_STRIDES: dict[str, tuple[int, ...]] = {
+    "p2p6": (4, 8, 16, 32, 64),
+    "p3p7": (8, 16, 32, 64, 128),
+}
+"""Stride of every returned level, in order, per pyramid."""
+
+
+def _pyramid_parts(pyramid: str, out_channels: int) -> tuple[int, ExtraFPNBlock]:
+    """Number of backbone stages feeding the FPN, and the extra block of ``pyramid``."""
+    if pyramid == "p2p6":
+        return 4, LastLevelMaxPool()
+    if pyramid == "p3p7":
+        # in == out channels: P6 is computed from P5 (SipMask / FCOS), not from C5
+        return 3, LastLevelP6P7(out_channels, out_channels)
+    raise ValueError(f"pyramid must be one of {tuple(PYRAMID_STRIDES)}, got {pyramid!r}")
 
 
 def resnet_fpn(
@@ -27,6 +57,7 @@ def resnet_fpn(
     frozen_bn: bool = True,
     out_channels: int = 256,
     fpn_batch_norm: bool = False,
+    pyramid: Pyramid = "p2p6",
 ) -> BackboneWithFPN:
     """A torchvision ResNet with an FPN (``resnet_fpn_backbone``, ``weights=None``).
 
@@ -43,27 +74,32 @@ def resnet_fpn(
         fpn_batch_norm: batch norm after every FPN convolution. Off in the paper's model; a
             network trained from scratch needs it, or its FPN outputs grow to magnitudes (~50
             here) at which the box head's ReLUs die and the track logits explode.
+        pyramid: ``"p2p6"`` (MaskTrack family) or ``"p3p7"`` (SipMask family), see the module
+            docstring.
 
     Returns:
-        torchvision ``BackboneWithFPN``: ``(B, 3, H, W)`` float → levels ``'0'``..``'3'``,
-        ``'pool'`` of ``(B, out_channels, H / s, W / s)``.
+        torchvision ``BackboneWithFPN``: ``(B, 3, H, W)`` float → the pyramid's levels, each
+        ``(B, out_channels, H / s, W / s)``; ``strides`` lists ``s`` per level.
     """
+    num_stages, extra = _pyramid_parts(pyramid, 256)
     model = resnet_fpn_backbone(
         backbone_name=name,
         weights=None,
         norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d,
         trainable_layers=trainable_layers,
-        extra_blocks=LastLevelMaxPool(),
+        returned_layers=list(range(5 - num_stages, 5)),
+        extra_blocks=extra,
     )
     if out_channels != model.out_channels or fpn_batch_norm:
         in_channels = [block[0].in_channels for block in model.fpn.inner_blocks]
         model.fpn = FeaturePyramidNetwork(
             in_channels,
             out_channels,
-            extra_blocks=LastLevelMaxPool(),
+            extra_blocks=_pyramid_parts(pyramid, out_channels)[1],
             norm_layer=nn.BatchNorm2d if fpn_batch_norm else None,
         )
         model.out_channels = out_channels
+    model.strides = PYRAMID_STRIDES[pyramid]
     return model
 
 
@@ -75,13 +111,19 @@ class TimmFPN(nn.Module):
             (``resnet18``, ``resnet50``, ``convnext_tiny``, ...).
         out_channels: FPN width.
         fpn_batch_norm: batch norm after every FPN convolution (see :func:`resnet_fpn`).
+        pyramid: ``"p2p6"`` or ``"p3p7"`` (module docstring).
 
     Raises:
         ValueError: when the model's feature strides are not 4, 8, 16, 32.
     """
 
     def __init__(
-        self, name: str = "resnet18", *, out_channels: int = 256, fpn_batch_norm: bool = False
+        self,
+        name: str = "resnet18",
+        *,
+        out_channels: int = 256,
+        fpn_batch_norm: bool = False,
+        pyramid: Pyramid = "p2p6",
     ) -> None:
         super().__init__()
         self.body = timm.create_model(name, pretrained=False, features_only=True)
@@ -90,15 +132,17 @@ class TimmFPN(nn.Module):
         reductions = tuple(self.body.feature_info.reduction()[i] for i in indices)
         if reductions != FPN_STRIDES:
             raise ValueError(f"{name}: last feature strides {reductions}, need {FPN_STRIDES}")
-        self.indices = indices
+        num_stages, extra = _pyramid_parts(pyramid, out_channels)
+        self.indices = indices[len(indices) - num_stages :]
         channels = self.body.feature_info.channels()
         self.fpn = FeaturePyramidNetwork(
-            [channels[i] for i in indices],
+            [channels[i] for i in self.indices],
             out_channels,
-            extra_blocks=LastLevelMaxPool(),
+            extra_blocks=extra,
             norm_layer=nn.BatchNorm2d if fpn_batch_norm else None,
         )
         self.out_channels = out_channels
+        self.strides = PYRAMID_STRIDES[pyramid]
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """Feature pyramid of a normalised batch.
@@ -107,7 +151,7 @@ class TimmFPN(nn.Module):
             x: ``(B, 3, H, W)`` float images, ``H`` and ``W`` multiples of 32.
 
         Returns:
-            Levels ``'0'``..``'3'`` and ``'pool'``, each ``(B, out_channels, H / s, W / s)``.
+            The pyramid's levels, each ``(B, out_channels, H / s, W / s)``.
         """
         features = self.body(x)
         return self.fpn(OrderedDict((str(k), features[i]) for k, i in enumerate(self.indices)))

@@ -65,7 +65,14 @@ def load_coco_maskrcnn(model: nn.Module, path: str | Path) -> LoadReport:
 
     Raises:
         FileNotFoundError: when ``path`` is not a file.
+        TypeError: when ``model`` is not of the Mask R-CNN family (a P3-P7 one-stage model
+            would receive FPN layers of other levels under the same names).
     """
+    if not hasattr(model, "roi_heads") or not hasattr(model, "rpn"):
+        raise TypeError(
+            f"init_from loads COCO Mask R-CNN weights into the MaskTrack family; "
+            f"{type(model).__name__} has no RPN / RoI heads to receive them"
+        )
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COCO Mask R-CNN checkpoint not found: {path}")

@@ -11,7 +11,7 @@ exposes detections (:meth:`MaskTrackRCNN.detect`) and track embeddings
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -25,12 +25,16 @@ from torchvision.models.detection.rpn import (
 )
 
 from ovisnet.models.backbones import FPN_STRIDES
+from ovisnet.models.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VideoDetector,
+    paste_in_chunks,
+    without_crowd,
+)
 from ovisnet.models.roi_heads import ROI_LEVELS, MaskTrackRoIHeads, RCNNConfig
 from ovisnet.models.track_head import TrackEmbedHead, match_logits, match_targets, track_loss
 from ovisnet.structures import ClipBatch, FeatureMaps, Instances
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class _RPNOutput:
     deltas: Tensor
 
 
-class MaskTrackRCNN(nn.Module):
+class MaskTrackRCNN(VideoDetector):
     """MaskTrack R-CNN; CMaskTrack R-CNN when ``calibration`` is given.
 
     Images arrive as uint8 RGB on a canvas padded to a multiple of 32; the model only normalises
@@ -112,15 +116,18 @@ class MaskTrackRCNN(nn.Module):
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
         detach_reference: bool = False,
     ) -> None:
-        super().__init__()
-        self.detach_reference = detach_reference
+        super().__init__(
+            backbone,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            detach_reference=detach_reference,
+        )
         channels = backbone.out_channels
         rpn_cfg = rpn or RPNConfig()
         anchors = AnchorGenerator(
             tuple((size,) for size in rpn_cfg.anchor_sizes),
             (rpn_cfg.aspect_ratios,) * len(rpn_cfg.anchor_sizes),
         )
-        self.backbone = backbone
         self.rpn = RegionProposalNetwork(
             anchors,
             RPNHead(channels, anchors.num_anchors_per_location()[0]),
@@ -137,28 +144,6 @@ class MaskTrackRCNN(nn.Module):
         )
         self.track_head = track_head if track_head is not None else TrackEmbedHead(channels)
         self.calibration = calibration
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
-
-    def extract_features(
-        self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None
-    ) -> FeatureMaps:
-        """Normalise a batch of frames and run backbone + FPN (cacheable per frame).
-
-        Args:
-            images: ``(B, 3, H, W)`` uint8 RGB, ``H`` and ``W`` multiples of 32.
-            image_sizes: per image valid ``(h, w)``; when given, the padding is zeroed after
-                normalisation (mmdet and torchvision pad the *normalised* image with zeros).
-
-        Returns:
-            FPN levels ``'0'``..``'3'``, ``'pool'``: ``(B, C, H / s, W / s)``, s = 4..64.
-        """
-        x = (images.float() - self.pixel_mean) / self.pixel_std
-        if image_sizes is not None:
-            for i, (h, w) in enumerate(image_sizes):
-                x[i, :, h:, :] = 0.0
-                x[i, :, :, w:] = 0.0
-        return self.backbone(x)
 
     def calibrate(self, query: FeatureMaps, reference: FeatureMaps) -> FeatureMaps:
         """Temporal Feature Calibration of the query levels P2–P5 by one reference (SPEC §3.2).
@@ -195,21 +180,10 @@ class MaskTrackRCNN(nn.Module):
         """
         if batch.targets is None:
             raise ValueError("loss() needs a batch with targets")
-        num_frames = batch.images.shape[1]
-        if num_frames != 2:
-            raise ValueError(f"loss() needs (query, reference) pairs, got {num_frames} frames")
         canvas = (batch.images.shape[-2], batch.images.shape[-1])
-        if self.detach_reference:
-            query = self.extract_features(batch.images[:, 0], batch.image_sizes)
-            with torch.no_grad():
-                reference = self.extract_features(batch.images[:, 1], batch.image_sizes)
-        else:
-            sizes = [size for size in batch.image_sizes for _ in range(2)]
-            features = self.extract_features(batch.images.flatten(0, 1), sizes)
-            query = {k: v[0::2] for k, v in features.items()}
-            reference = {k: v[1::2] for k, v in features.items()}
-        query_gt = [_without_crowd(clip[0]) for clip in batch.targets]
-        ref_gt = [_without_crowd(clip[1]) for clip in batch.targets]
+        query, reference = self.pair_features(batch)
+        query_gt = [without_crowd(clip[0]) for clip in batch.targets]
+        ref_gt = [without_crowd(clip[1]) for clip in batch.targets]
         if any(gt.masks is None for gt in query_gt):
             raise ValueError("loss() needs ground-truth masks on the query frames")
 
@@ -284,6 +258,12 @@ class MaskTrackRCNN(nn.Module):
         pooled = self.roi_heads.box_roi_pool(features, boxes, [canvas] * len(boxes))
         return list(self.track_head(pooled).float().split([len(b) for b in boxes]))
 
+    def paste(
+        self, instances: Instances, *, image_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> Instances:
+        """:func:`paste_masks`: detections of :meth:`detect` back to the original frame."""
+        return paste_masks(instances, image_size=image_size, original_size=original_size)
+
     def _rpn(
         self, features: FeatureMaps, canvas: tuple[int, int], image_sizes: list[tuple[int, int]]
     ) -> _RPNOutput:
@@ -339,27 +319,13 @@ def paste_masks(
     Returns:
         A copy with ``boxes`` in original pixels and ``masks (N, H, W)`` bool.
     """
-    if instances.masks is None:
-        raise ValueError("paste_masks needs instances with 28x28 mask probabilities")
-    (h, w), (big_h, big_w) = image_size, original_size
-    scale = instances.boxes.new_tensor([big_w / w, big_h / h, big_w / w, big_h / h])
-    boxes = instances.boxes * scale
-    pasted = [
-        paste_masks_in_image(m[:, None], b, (big_h, big_w))[:, 0] > threshold
-        for m, b in zip(instances.masks.split(chunk_size), boxes.split(chunk_size), strict=True)
-    ]
-    masks = (
-        torch.cat(pasted)
-        if pasted
-        else torch.zeros(0, big_h, big_w, dtype=torch.bool, device=boxes.device)
+    return paste_in_chunks(
+        instances,
+        image_size=image_size,
+        original_size=original_size,
+        paste=lambda m, b: paste_masks_in_image(m[:, None], b, original_size)[:, 0] > threshold,
+        chunk_size=chunk_size,
     )
-    return replace(instances, boxes=boxes, masks=masks)
-
-
-def _without_crowd(instances: Instances) -> Instances:
-    if instances.iscrowd is None:
-        return instances
-    return instances[~instances.iscrowd]
 
 
 def _shaped_like(reference: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:

@@ -51,7 +51,7 @@ def deform_conv2d_sampled(
     padding: int = 0,
     dilation: int = 1,
 ) -> Tensor:
-    """DCN v1 with stride 1, one group and one offset group, via ``grid_sample``.
+    """DCN v1 with stride 1 and one group (any number of offset groups), via ``grid_sample``.
 
     Tap ``k = i * kw + j`` of output pixel ``(y, x)`` reads the input at
     ``(y - padding + i * dilation + offset[:, 2k], x - padding + j * dilation + offset[:, 2k+1])``
@@ -60,8 +60,10 @@ def deform_conv2d_sampled(
 
     Args:
         input: ``(B, C, H, W)``.
-        offset: ``(B, 2 * kh * kw, H_out, W_out)``, channel ``2k`` the y and ``2k+1`` the x
-            displacement of tap ``k``.
+        offset: ``(B, 2 * G * kh * kw, H_out, W_out)`` for ``G`` offset groups (each group
+            displaces ``C / G`` consecutive input channels), channel ``2 (g K + k)`` the y and
+            ``2 (g K + k) + 1`` the x displacement of tap ``k`` of group ``g``: torchvision's
+            layout.
         weight: ``(C_out, C, kh, kw)``.
         bias: optional ``(C_out,)``.
         padding: zero padding on every side.
@@ -77,15 +79,19 @@ def deform_conv2d_sampled(
         raise ValueError(f"weight expects {in_channels} input channels, input has {channels}")
     out_h = height + 2 * padding - dilation * (kh - 1)
     out_w = width + 2 * padding - dilation * (kw - 1)
-    if offset.shape != (batch, 2 * taps, out_h, out_w):
+    groups = offset.shape[1] // (2 * taps) if offset.ndim == 4 else 0
+    if groups < 1 or channels % groups or offset.shape != (batch, 2 * taps * groups, out_h, out_w):
         raise ValueError(
-            f"offset must be {(batch, 2 * taps, out_h, out_w)} (one offset group), "
-            f"got {tuple(offset.shape)}"
+            f"offset must be ({batch}, 2 * {taps} * G, {out_h}, {out_w}) with G dividing "
+            f"{channels}, got {tuple(offset.shape)}"
         )
+    # offset group g displaces channels [g C/G, (g+1) C/G): one grid_sample "image" per group
+    input = input.reshape(batch * groups, channels // groups, height, width)
+    offset = offset.reshape(batch * groups, 2 * taps, out_h, out_w)
     kwargs = {"dtype": offset.dtype, "device": offset.device}
     tap_y = (torch.arange(kh, **kwargs) * dilation - padding).repeat_interleave(kw)
     tap_x = (torch.arange(kw, **kwargs) * dilation - padding).repeat(kh)
-    pairs = offset.view(batch, taps, 2, out_h, out_w)
+    pairs = offset.view(batch * groups, taps, 2, out_h, out_w)
     ys = torch.arange(out_h, **kwargs).view(1, 1, out_h, 1) + tap_y.view(1, taps, 1, 1)
     xs = torch.arange(out_w, **kwargs).view(1, 1, 1, out_w) + tap_x.view(1, taps, 1, 1)
     pos_y = ys + pairs[:, :, 0]
@@ -94,12 +100,13 @@ def deform_conv2d_sampled(
     grid = torch.stack(((2 * pos_x + 1) / width - 1, (2 * pos_y + 1) / height - 1), dim=-1)
     sampled = F.grid_sample(
         input,
-        grid.view(batch, taps * out_h, out_w, 2).to(input.dtype),
+        grid.view(batch * groups, taps * out_h, out_w, 2).to(input.dtype),
         mode="bilinear",
         padding_mode="zeros",
         align_corners=False,
     )
-    # (B, C, K * H_out, W_out) -> (B, C * K, H_out, W_out): channel c * K + k, weight's order.
+    # (B G, C / G, K * H_out, W_out) -> (B, C * K, H_out, W_out): channel c * K + k with
+    # c = g C / G + c', the weight's order.
     columns = sampled.view(batch, channels * taps, out_h, out_w)
     return F.conv2d(columns, weight.reshape(out_channels, channels * taps, 1, 1), bias)
 
@@ -109,9 +116,9 @@ class DeformConv2d(_TorchvisionDeformConv2d):
 
     Args:
         *args: as torchvision's ``DeformConv2d``.
-        backend: ``"auto"``, ``"sampled"`` or ``"torchvision"``. ``"sampled"`` supports stride 1,
-            one group and one offset group (the calibration's 3x3 DCN); other settings fall back
-            to torchvision.
+        backend: ``"auto"``, ``"sampled"`` or ``"torchvision"``. ``"sampled"`` supports stride 1
+            and one group (the calibration's 3x3 DCN, SipMask's 4-offset-group alignment); other
+            settings fall back to torchvision.
         **kwargs: as torchvision's ``DeformConv2d``.
     """
 
@@ -124,7 +131,7 @@ class DeformConv2d(_TorchvisionDeformConv2d):
     def _sampled_supported(self, offset: Tensor) -> bool:
         taps = self.weight.shape[-2] * self.weight.shape[-1]
         return (
-            offset.shape[1] == 2 * taps  # one offset group
+            offset.shape[1] % (2 * taps) == 0
             and self.stride == (1, 1)
             and self.groups == 1
             and self.padding[0] == self.padding[1]

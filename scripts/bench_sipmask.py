@@ -1,0 +1,159 @@
+"""Benchmark the one-stage family: per-frame inference cost against MaskTrack R-CNN.
+
+MaskTrack R-CNN, SipMask-VIS and CSipMask (TFC, 256 channels, eps_test 3) on ResNet-50-FPN
+with random weights, 25 classes (OVIS), eval mode, no grad, 640x360 frames (canvas 640x384) of a
+synthetic video, each model streaming the same video through
+:class:`~ovisnet.tracking.predictor.VideoPredictor` (backbone once per frame, detect, embed,
+track, paste, RLE). Every score threshold is 0, so each model keeps its 100 detections per frame
+after NMS. The three models are interleaved frame by frame in one process (the order rotates
+every frame) and each one's pushes are timed; a short untimed video warms every model up first.
+The per-frame cost is a model's total push time divided by the frames (CSipMask's detections
+lag its pushes by eps_test frames; the whole video is timed, so every frame counts once).
+
+Peak memory of streamed CSipMask evaluation (400 vs 50 frames) is part ``rss`` of
+``scripts/bench_inference.py`` (``--rss-experiments csipmask_cpu``).
+
+Usage:
+    python scripts/bench_sipmask.py                 # 6 frames on CPU, 20 on CUDA
+    python scripts/bench_sipmask.py --frames 10 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import markdown_table, sync, synthetic_video, verdict
+from ovisnet.data.annotations import load_annotations
+from ovisnet.data.datasets import VISFrameDataset, collate_clips
+from ovisnet.models.backbones import resnet_fpn
+from ovisnet.models.calibration import TemporalFeatureCalibration
+from ovisnet.models.masktrack import MaskTrackRCNN
+from ovisnet.models.roi_heads import RCNNConfig
+from ovisnet.models.sipmask import SipMaskTestConfig, SipMaskVIS
+from ovisnet.tracking.association import MatchWeights
+from ovisnet.tracking.predictor import VideoPredictor
+from ovisnet.tracking.tracker import OnlineTracker
+
+NUM_CLASSES = 25
+DETECTIONS = 100
+EPS_TEST = 3
+SIZE = (640, 360)
+TARGET_SIPMASK = 0.8  # SipMask-VIS / MaskTrack R-CNN per frame (published implementations: 0.74)
+
+
+def build_models() -> dict[str, nn.Module]:
+    """The three models, random weights, every detection kept."""
+    torch.manual_seed(0)
+    test = SipMaskTestConfig(score_thresh=0.0, detections_per_img=DETECTIONS)
+    return {
+        "MaskTrack R-CNN": MaskTrackRCNN(
+            resnet_fpn("resnet50"),
+            num_classes=NUM_CLASSES,
+            rcnn=RCNNConfig(score_thresh=0.0, detections_per_img=DETECTIONS),
+        ),
+        "SipMask-VIS": SipMaskVIS(
+            resnet_fpn("resnet50", pyramid="p3p7"), num_classes=NUM_CLASSES, test=test
+        ),
+        "CSipMask": SipMaskVIS(
+            resnet_fpn("resnet50", pyramid="p3p7"),
+            num_classes=NUM_CLASSES,
+            calibration=TemporalFeatureCalibration(channels=256),
+            test=test,
+        ),
+    }
+
+
+def predictor(model: nn.Module, length: int, size_hw: tuple[int, int]) -> VideoPredictor:
+    """A fresh predictor with the paper's tracker weights and the model's own pasting."""
+    return VideoPredictor(
+        model,
+        OnlineTracker(MatchWeights()),
+        model.paste,
+        video_id=1,
+        length=length,
+        image_size=size_hw,
+        original_size=size_hw,
+        category_ids=range(1, NUM_CLASSES + 1),
+        eps_test=EPS_TEST,
+    )
+
+
+def stream(
+    models: dict[str, nn.Module], frames: list[torch.Tensor], size_hw: tuple[int, int], device
+) -> dict[str, float]:
+    """Push ``frames`` through one predictor per model, interleaved; seconds per model."""
+    predictors = {name: predictor(m, len(frames), size_hw) for name, m in models.items()}
+    seconds = dict.fromkeys(models, 0.0)
+    names = list(models)
+    for t, image in enumerate(frames):
+        for name in names[t % len(names) :] + names[: t % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            predictors[name].push(image)
+            if t == len(frames) - 1:
+                predictors[name].finalize()
+            sync(device)
+            seconds[name] += time.perf_counter() - start
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the models, warm them up, time the interleaved streams, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=None, help="timed frames (6 CPU, 20 CUDA)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--cache-dir", default=str(Path(tempfile.gettempdir()) / "ovisnet-bench-inference")
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    frames_n = args.frames or (20 if device.type == "cuda" else 6)
+    root = synthetic_video(Path(args.cache_dir), frames_n, SIZE)
+    ann = load_annotations(root / "annotations" / "valid.json")
+    dataset = VISFrameDataset(ann, max_size=SIZE)
+    batches = [collate_clips([dataset[i]]) for i in range(len(dataset))]
+    size_hw = batches[0].image_sizes[0]
+    frames = [b.images[0, 0].to(device) for b in batches]
+    canvas = tuple(frames[0].shape[-2:])
+    models = {name: m.to(device).eval() for name, m in build_models().items()}
+    with torch.no_grad():
+        stream(models, frames[:2], size_hw, device)  # warm-up video (untimed)
+        seconds = stream(models, frames, size_hw, device)
+    per_frame = {name: s / len(frames) for name, s in seconds.items()}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"## One-stage family per-frame inference: R50-FPN, random weights, {NUM_CLASSES} "
+        f"classes, score threshold 0, {DETECTIONS} detections/frame, "
+        f"{SIZE[0]}x{SIZE[1]} (canvas {canvas[1]}x{canvas[0]}), eps_test {EPS_TEST}, "
+        f"{where}, threads={args.threads}, {len(frames)} frames interleaved\n"
+    )
+    rows = [[name, f"{1000 * t:.1f}", f"{1 / t:.2f}"] for name, t in per_frame.items()]
+    print(markdown_table(["model", "ms / frame", "frames / s"], rows))
+    print()
+    sip = per_frame["SipMask-VIS"] / per_frame["MaskTrack R-CNN"]
+    csip = per_frame["CSipMask"] / per_frame["SipMask-VIS"]
+    rows = [
+        [
+            "SipMask-VIS / MaskTrack R-CNN",
+            f"{sip:.3f}x",
+            f"<= {TARGET_SIPMASK}x",
+            verdict(sip, TARGET_SIPMASK),
+        ],
+        ["CSipMask / SipMask-VIS", f"{csip:.3f}x", "-", "-"],
+    ]
+    print(markdown_table(["ratio (per frame)", "measured", "target", "met"], rows))
+
+
+if __name__ == "__main__":
+    main()
