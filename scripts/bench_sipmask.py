@@ -33,12 +33,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import markdown_table, sync, synthetic_video, verdict
 from ovisnet.data.annotations import load_annotations
-from ovisnet.data.datasets import VISFrameDataset, collate_clips
+from ovisnet.data.datasets import VISFrameDataset
 from ovisnet.models.backbones import resnet_fpn
 from ovisnet.models.calibration import TemporalFeatureCalibration
 from ovisnet.models.masktrack import MaskTrackRCNN
 from ovisnet.models.roi_heads import RCNNConfig
 from ovisnet.models.sipmask import SipMaskTestConfig, SipMaskVIS
+from ovisnet.structures import collate_clips
 from ovisnet.tracking.association import MatchWeights
 from ovisnet.tracking.predictor import VideoPredictor
 from ovisnet.tracking.tracker import OnlineTracker
