@@ -15,6 +15,7 @@ from ovisnet.models.sipmask import (
     crop_split_logits,
     fast_nms,
     fcos_targets,
+    masks_at_basis,
     paste_basis_masks,
 )
 from ovisnet.structures import ClipBatch, Instances
@@ -94,6 +95,17 @@ def test_crop_split_assembly_takes_each_quadrants_coefficients():
     assert logits[1][inside[1]].tolist() == [1.0, 2.0, 1.0, 2.0, 3.0, 4.0]
     none, none_inside = crop_split_logits(basis, coef[:0], boxes[:0])
     assert none.shape == none_inside.shape == (0, 4, 6)
+
+
+def test_ground_truth_masks_are_halved_and_padded_to_the_basis_not_stretched():
+    # a 6x8 image on an 8x8 canvas (basis 4x4): the mask covers the image's rows 0-1
+    masks = torch.zeros(1, 6, 8, dtype=torch.bool)
+    masks[0, :2] = True
+    out = masks_at_basis(masks, (4, 4))
+    expected = torch.zeros(1, 4, 4)
+    expected[0, 0] = 1.0  # rows 0-1 -> basis row 0; basis row 3 is canvas padding
+    assert torch.equal(out, expected)
+    assert masks_at_basis(masks[:0], (4, 4)).shape == (0, 4, 4)
 
 
 def test_fast_nms_suppresses_without_sequential_recheck():

@@ -434,18 +434,10 @@ class SipMaskVIS(VideoDetector):
         if not bool(keep.any()):  # zero, with the basis and coefficients still in the graph
             return basis.sum() * 0.0 + coef.sum() * 0.0
         boxes, coef, area, weights = boxes[keep], coef[keep], area[keep], weights[keep]
-        gt = (
-            F.interpolate(
-                gt_masks[keep][:, None].float(),
-                size=(height, width),
-                mode="bilinear",
-                align_corners=False,
-            )[:, 0]
-            > 0.5
-        )
+        gt = masks_at_basis(gt_masks[keep], (height, width))
         coef = coef.view(len(coef), NUM_QUADRANTS, basis.shape[0])
         logits, inside = crop_split_logits(basis, coef, boxes)
-        bce = F.binary_cross_entropy_with_logits(logits, gt.float(), reduction="none")
+        bce = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
         per_mask = (bce * inside).sum(dim=(1, 2)) / area
         weights = weights / weights.mean().clamp(min=1e-6)
         return (weights * per_mask).sum() / len(per_mask)
@@ -644,6 +636,30 @@ def fcos_targets(
     matched = torch.where(best < INF, index, torch.full_like(index, -1))
     chosen = ltrb[torch.arange(num_points, device=points.device), index]
     return matched, torch.where(matched[:, None] >= 0, chosen, torch.zeros_like(chosen))
+
+
+def masks_at_basis(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Ground-truth masks at the basis resolution (SPEC §5.2).
+
+    The masks cover the resized image (the top-left ``(h, w)`` of the canvas); they are
+    bilinearly downsampled by 2, binarised at 0.5 and zero-padded (or cropped) to the basis
+    size ``(H / 2, W / 2)`` of the canvas, so that pixel ``(y, x)`` of both is the same place.
+
+    Args:
+        masks: ``(G, h, w)`` bool.
+        size: ``(H / 2, W / 2)``.
+
+    Returns:
+        ``(G, H / 2, W / 2)`` float32 in {0, 1}.
+    """
+    down = (
+        F.interpolate(masks[:, None].float(), scale_factor=1 / BASIS_STRIDE, mode="bilinear")[:, 0]
+        > 0.5
+    )
+    out = down.new_zeros(len(masks), *size)
+    h, w = min(size[0], down.shape[1]), min(size[1], down.shape[2])
+    out[:, :h, :w] = down[:, :h, :w]
+    return out.float()
 
 
 def _distance_to_boxes(points: Tensor, ltrb: Tensor) -> Tensor:
