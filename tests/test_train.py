@@ -90,6 +90,24 @@ def test_lr_mult_param_groups(tmp_path):
         bad.param_groups()
 
 
+def test_sipmask_recipe_puts_biases_at_double_lr_without_weight_decay(tmp_path):
+    cfg = _compose(["experiment=csipmask", "data=synthetic", f"paths.output_dir={tmp_path}"])
+    assert cfg.system.bias_lr_mult == 2.0 and cfg.system.bias_weight_decay == 0.0
+    model = instantiate(cfg.model, _convert_="all")
+    system = instantiate(cfg.system, model=model, _convert_="all")
+    groups = system.param_groups()
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_key = {
+        (g["lr_mult"], g.get("weight_decay")): [names[id(p)] for p in g["params"]] for g in groups
+    }
+    assert set(by_key) == {(1.0, None), (2.0, 0.0)}
+    assert all(n.endswith(".bias") for n in by_key[(2.0, 0.0)])
+    assert not any(n.endswith(".bias") for n in by_key[(1.0, None)])
+    assert "head.cls.bias" in by_key[(2.0, 0.0)] and "head.cls.weight" in by_key[(1.0, None)]
+    optimizer = system.optimizer_factory(groups)
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 1e-4]
+
+
 def test_calibration_health_is_logged_and_a_dead_calibration_warns(
     tiny_synthetic, tiny_train_overrides, tmp_path
 ):
