@@ -88,6 +88,18 @@ def predictor(model: nn.Module, length: int, size_hw: tuple[int, int]) -> VideoP
     )
 
 
+def count_detections(model: nn.Module, counts: list[int]) -> None:
+    """Record the number of detections of every ``detect`` call of ``model`` in ``counts``."""
+    detect = model.detect
+
+    def counted(*args, **kwargs):
+        out = detect(*args, **kwargs)
+        counts.extend(len(d) for d in out)
+        return out
+
+    model.detect = counted
+
+
 def stream(
     models: dict[str, nn.Module], frames: list[torch.Tensor], size_hw: tuple[int, int], device
 ) -> dict[str, float]:
@@ -128,8 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     frames = [b.images[0, 0].to(device) for b in batches]
     canvas = tuple(frames[0].shape[-2:])
     models = {name: m.to(device).eval() for name, m in build_models().items()}
+    counts: dict[str, list[int]] = {name: [] for name in models}
     with torch.no_grad():
         stream(models, frames[:2], size_hw, device)  # warm-up video (untimed)
+        for name, model in models.items():
+            count_detections(model, counts[name])
         seconds = stream(models, frames, size_hw, device)
     per_frame = {name: s / len(frames) for name, s in seconds.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -139,8 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{SIZE[0]}x{SIZE[1]} (canvas {canvas[1]}x{canvas[0]}), eps_test {EPS_TEST}, "
         f"{where}, threads={args.threads}, {len(frames)} frames interleaved\n"
     )
-    rows = [[name, f"{1000 * t:.1f}", f"{1 / t:.2f}"] for name, t in per_frame.items()]
-    print(markdown_table(["model", "ms / frame", "frames / s"], rows))
+    rows = [
+        [name, f"{1000 * t:.1f}", f"{1 / t:.2f}", f"{sum(counts[name]) / len(counts[name]):.1f}"]
+        for name, t in per_frame.items()
+    ]
+    print(markdown_table(["model", "ms / frame", "frames / s", "detections / frame"], rows))
     print()
     sip = per_frame["SipMask-VIS"] / per_frame["MaskTrack R-CNN"]
     csip = per_frame["CSipMask"] / per_frame["SipMask-VIS"]
