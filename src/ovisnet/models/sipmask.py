@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_iou, sigmoid_focal_loss
+from torchvision.ops import box_iou, clip_boxes_to_image, sigmoid_focal_loss
 
 from ovisnet.models.common import (
     IMAGENET_MEAN,
@@ -418,17 +418,8 @@ class SipMaskVIS(VideoDetector):
         self, basis: Tensor, coef: Tensor, boxes: Tensor, gt_masks: Tensor, weights: Tensor
     ) -> Tensor:
         """Crop-split mask loss of one image's positives (SPEC §5.2); 0 without positives."""
-        boxes = boxes / BASIS_STRIDE
         height, width = basis.shape[-2:]
-        boxes = torch.stack(
-            [
-                boxes[:, 0].clamp(0, width),
-                boxes[:, 1].clamp(0, height),
-                boxes[:, 2].clamp(0, width),
-                boxes[:, 3].clamp(0, height),
-            ],
-            dim=1,
-        )
+        boxes = clip_boxes_to_image(boxes / BASIS_STRIDE, (height, width))
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         keep = area > 1.0
         if not bool(keep.any()):  # zero, with the basis and coefficients still in the graph
@@ -481,17 +472,7 @@ class SipMaskVIS(VideoDetector):
                 top = final.max(dim=1).values.topk(min(cfg.pre_nms_top_n, len(ctr))).indices
                 dist = out.reg[lvl][i].float().flatten(1).T[top] * stride
                 points = grid.level_points(lvl)[top]
-                box = _distance_to_boxes(points, dist)
-                box = torch.stack(
-                    [
-                        box[:, 0].clamp(0, w),
-                        box[:, 1].clamp(0, h),
-                        box[:, 2].clamp(0, w),
-                        box[:, 3].clamp(0, h),
-                    ],
-                    dim=1,
-                )
-                boxes.append(box)
+                boxes.append(clip_boxes_to_image(_distance_to_boxes(points, dist), (h, w)))
                 scores.append(final[top])
                 coefs.append(out.coef[lvl][i].float().flatten(1).T[top])
             box_all, score_all, coef_all = torch.cat(boxes), torch.cat(scores), torch.cat(coefs)
