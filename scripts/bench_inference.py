@@ -37,7 +37,6 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ from ovisnet.data.synthetic import generate
 from ovisnet.models.backbones import resnet_fpn
 from ovisnet.models.calibration import TemporalFeatureCalibration
 from ovisnet.models.checkpoint import COCO_MODULES
-from ovisnet.models.masktrack import MaskTrackRCNN, RPNConfig, paste_masks
+from ovisnet.models.masktrack import MaskTrackRCNN, RPNConfig
 from ovisnet.models.roi_heads import RCNNConfig
 from ovisnet.structures import collate_clips
 from ovisnet.tracking.association import MatchWeights
@@ -192,12 +191,12 @@ def settings_line(tv: nn.Module, ours: MaskTrackRCNN) -> str:
     return f"  torchvision: {of(tv)}\n  ours:        {of(ours)}"
 
 
-def make_predictor(model: MaskTrackRCNN, length: int, size_hw: tuple[int, int]) -> VideoPredictor:
-    """A fresh :class:`VideoPredictor` (tracker with the paper's weights, default pasting)."""
+def make_predictor(model: nn.Module, length: int, size_hw: tuple[int, int]) -> VideoPredictor:
+    """A fresh :class:`VideoPredictor` (tracker with the paper's weights, the model's pasting)."""
     return VideoPredictor(
         model,
         OnlineTracker(MatchWeights()),
-        partial(paste_masks),
+        model.paste,
         video_id=1,
         length=length,
         image_size=size_hw,

@@ -31,7 +31,16 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import markdown_table, sync, synthetic_video, verdict
+from bench_inference import (
+    DETECTIONS,
+    EPS_TEST,
+    NUM_CLASSES,
+    make_predictor,
+    markdown_table,
+    sync,
+    synthetic_video,
+    verdict,
+)
 from ovisnet.data.annotations import load_annotations
 from ovisnet.data.datasets import VISFrameDataset
 from ovisnet.models.backbones import resnet_fpn
@@ -40,13 +49,7 @@ from ovisnet.models.masktrack import MaskTrackRCNN
 from ovisnet.models.roi_heads import RCNNConfig
 from ovisnet.models.sipmask import SipMaskTestConfig, SipMaskVIS
 from ovisnet.structures import collate_clips
-from ovisnet.tracking.association import MatchWeights
-from ovisnet.tracking.predictor import VideoPredictor
-from ovisnet.tracking.tracker import OnlineTracker
 
-NUM_CLASSES = 25
-DETECTIONS = 100
-EPS_TEST = 3
 SIZE = (640, 360)
 TARGET_SIPMASK = 0.8  # SipMask-VIS / MaskTrack R-CNN per frame (published implementations: 0.74)
 
@@ -73,21 +76,6 @@ def build_models() -> dict[str, nn.Module]:
     }
 
 
-def predictor(model: nn.Module, length: int, size_hw: tuple[int, int]) -> VideoPredictor:
-    """A fresh predictor with the paper's tracker weights and the model's own pasting."""
-    return VideoPredictor(
-        model,
-        OnlineTracker(MatchWeights()),
-        model.paste,
-        video_id=1,
-        length=length,
-        image_size=size_hw,
-        original_size=size_hw,
-        category_ids=range(1, NUM_CLASSES + 1),
-        eps_test=EPS_TEST,
-    )
-
-
 def count_detections(model: nn.Module, counts: list[int]) -> None:
     """Record the number of detections of every ``detect`` call of ``model`` in ``counts``."""
     detect = model.detect
@@ -104,7 +92,7 @@ def stream(
     models: dict[str, nn.Module], frames: list[torch.Tensor], size_hw: tuple[int, int], device
 ) -> dict[str, float]:
     """Push ``frames`` through one predictor per model, interleaved; seconds per model."""
-    predictors = {name: predictor(m, len(frames), size_hw) for name, m in models.items()}
+    predictors = {name: make_predictor(m, len(frames), size_hw) for name, m in models.items()}
     seconds = dict.fromkeys(models, 0.0)
     names = list(models)
     for t, image in enumerate(frames):

@@ -32,6 +32,8 @@ from ovisnet.structures import Instances
 from ovisnet.tracking.predictor import VideoPredictor
 from ovisnet.train import build
 
+KINDS = ("bbox", "segm")
+
 
 def coco_stats(
     images: list[dict], gts: list[dict], dets: list[dict], categories: list[int]
@@ -43,14 +45,13 @@ def coco_stats(
         "annotations": gts,
         "categories": [{"id": c} for c in categories],
     }
+    if not dets:  # pycocotools' loadRes refuses an empty list
+        return {kind: dict.fromkeys(("AP", "AP50", "AP75", "AR100"), 0.0) for kind in KINDS}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-        found = coco.loadRes(dets) if dets else COCO()
+        found = coco.loadRes(dets)
     out = {}
-    for kind in ("bbox", "segm"):
-        if not dets:
-            out[kind] = dict.fromkeys(("AP", "AP50", "AP75", "AR100"), 0.0)
-            continue
+    for kind in KINDS:
         evaluator = COCOeval(coco, found, kind)
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         images.append({"id": image_id, "height": height, "width": width})
         for track in video.tracks:
             rle = track.rle(t)
-            if rle is None or track.iscrowd or mask_util.area(rle) <= 0:
+            area = 0.0 if rle is None or track.iscrowd else float(mask_util.area(rle))
+            if area <= 0:
                 continue
             gts.append(
                 {
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                     "image_id": image_id,
                     "category_id": track.category_id,
                     "segmentation": rle,
-                    "area": float(mask_util.area(rle)),
+                    "area": area,
                     "bbox": mask_util.toBbox(rle).tolist(),
                     "iscrowd": 0,
                 }

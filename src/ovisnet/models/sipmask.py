@@ -192,9 +192,7 @@ class SipMaskHead(nn.Module):
             out.centerness.append(self.centerness(reg_feat))
             out.coef.append(self.coef(aligned))
             reg_feats.append(reg_feat)
-        size = reg_feats[0].shape[-2:]
-        stacked = torch.cat([reg_feats[0]] + [_upsample(f, size) for f in reg_feats[1:3]], dim=1)
-        basis = self.basis(stacked)
+        basis = self.basis(_concat_at_first(reg_feats[:3]))
         out.basis = F.interpolate(basis, scale_factor=4, mode="bilinear", align_corners=False)
         return out
 
@@ -217,13 +215,14 @@ class SipMaskTrackBranch(nn.Module):
 
     def forward(self, levels: list[Tensor]) -> Tensor:
         """``(B, dim, H_3, W_3)`` from the P3, P4, P5 maps."""
-        feats = [self.tower(x) for x in levels[:3]]
-        size = feats[0].shape[-2:]
-        return self.project(torch.cat([feats[0]] + [_upsample(f, size) for f in feats[1:]], 1))
+        return self.project(_concat_at_first([self.tower(x) for x in levels[:3]]))
 
 
-def _upsample(x: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def _concat_at_first(maps: list[Tensor]) -> Tensor:
+    """The maps bilinearly resized to the first one's size and concatenated along channels."""
+    size = maps[0].shape[-2:]
+    resized = [F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in maps[1:]]
+    return torch.cat([maps[0], *resized], dim=1)
 
 
 class SipMaskVIS(VideoDetector):
@@ -394,13 +393,13 @@ class SipMaskVIS(VideoDetector):
             track_logits.append(match_logits(query_emb.float(), ref_emb.float()))
             track_tgts.append(match_targets(gt.track_ids[gt_idx], ref_gt[i].track_ids))
         weights = torch.cat([w for w, _ in box_terms])
-        per_box = torch.cat([v for _, v in box_terms])
-        losses["loss_box"] = (weights * per_box).sum() / weights.sum().clamp(min=1e-6)
-        ctr_all = torch.cat(ctr_terms)
-        losses["loss_centerness"] = ctr_all.mean() if len(ctr_all) else ctr.sum() * 0.0
-        if weights.numel() == 0:  # keep every head parameter in the graph
+        if num_pos == 0:  # zero, with every head parameter still in the graph
             losses["loss_box"] = reg.sum() * 0.0
             losses["loss_centerness"] = ctr.sum() * 0.0
+        else:
+            per_box = torch.cat([v for _, v in box_terms])
+            losses["loss_box"] = (weights * per_box).sum() / weights.sum().clamp(min=1e-6)
+            losses["loss_centerness"] = torch.cat(ctr_terms).mean()
         losses["loss_mask"] = torch.stack(mask_terms).sum() / num_images
         losses["loss_track"] = track_loss(track_logits, track_tgts)
         return losses
@@ -462,20 +461,26 @@ class SipMaskVIS(VideoDetector):
         out = self.head_outputs(query_feats, reference_feats)
         grid = self._grid(out)
         cfg = self.test_config
+        # (B, P, .) over all levels; score = sigmoid(cls) x sigmoid(centerness)
+        scores_all = torch.sigmoid(_flatten(out.cls).float()) * torch.sigmoid(
+            _flatten(out.centerness).float()
+        )
+        dist_all = _flatten(out.reg).float() * grid.strides[None, :, None]
+        coef_flat = _flatten(out.coef).float()
         results = []
         for i, (h, w) in enumerate(image_sizes):
-            boxes, scores, coefs = [], [], []
-            for lvl, stride in enumerate(self.strides):
-                cls = torch.sigmoid(out.cls[lvl][i].float()).flatten(1).T  # (HW, K)
-                ctr = torch.sigmoid(out.centerness[lvl][i].float()).flatten()
-                final = cls * ctr[:, None]
-                top = final.max(dim=1).values.topk(min(cfg.pre_nms_top_n, len(ctr))).indices
-                dist = out.reg[lvl][i].float().flatten(1).T[top] * stride
-                points = grid.level_points(lvl)[top]
-                boxes.append(clip_boxes_to_image(_distance_to_boxes(points, dist), (h, w)))
-                scores.append(final[top])
-                coefs.append(out.coef[lvl][i].float().flatten(1).T[top])
-            box_all, score_all, coef_all = torch.cat(boxes), torch.cat(scores), torch.cat(coefs)
+            keep = torch.cat(
+                [
+                    start + part.max(dim=1).values.topk(min(cfg.pre_nms_top_n, len(part))).indices
+                    for start, part in zip(
+                        grid.starts, scores_all[i].split(grid.counts), strict=True
+                    )
+                ]
+            )
+            box_all = clip_boxes_to_image(
+                _distance_to_boxes(grid.points[keep], dist_all[i, keep]), (h, w)
+            )
+            score_all, coef_all = scores_all[i, keep], coef_flat[i, keep]
             idx, labels, kept_scores = fast_nms(
                 box_all,
                 score_all,
@@ -549,9 +554,10 @@ class _Grid:
             torch.cat(points), torch.cat(per_stride), torch.cat(ranges), [len(p) for p in points]
         )
 
-    def level_points(self, level: int) -> Tensor:
-        start = sum(self.counts[:level])
-        return self.points[start : start + self.counts[level]]
+    @property
+    def starts(self) -> list[int]:
+        """Index of each level's first location."""
+        return [sum(self.counts[:level]) for level in range(len(self.counts))]
 
 
 def _flatten(levels: list[Tensor]) -> Tensor:
@@ -757,11 +763,7 @@ def fast_nms(
         order = values[sel].argsort(descending=True, stable=True)[:top_k]
         cand = rows[sel[order]]
         iou = box_iou(boxes[cand], boxes[cand]).triu(diagonal=1)
-        survive = (
-            iou.max(dim=0).values <= iou_thresh
-            if len(cand) > 1
-            else torch.ones(len(cand), dtype=torch.bool, device=boxes.device)
-        )
+        survive = iou.max(dim=0).values <= iou_thresh
         keep_rows.append(cand[survive])
         keep_labels.append(torch.full_like(cand[survive], label))
         keep_scores.append(values[sel[order]][survive])
