@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,18 @@ from ovisnet.data.datasets import (
     VISFrameDataset,
     VISTrainDataset,
 )
+from ovisnet.data.image_clips import (
+    ClipMotion,
+    CocoImageSource,
+    ImageClipDataset,
+    ImageSource,
+    MixedClipDataset,
+    VideoFrameSource,
+)
 from ovisnet.structures import collate_clips
+
+_MOTION_KEYS = {f.name for f in fields(ClipMotion)}
+_IMAGE_CLIP_KEYS = {"source", "ratio", "image_root", "category_map"} | _MOTION_KEYS
 
 
 class VISDataModule(L.LightningDataModule):
@@ -42,6 +54,14 @@ class VISDataModule(L.LightningDataModule):
         synthetic: when given, ``prepare_data`` generates the synthetic OVIS-format set into
             ``root`` with these keyword arguments of :func:`ovisnet.data.synthetic.generate`
             unless it is already there.
+        image_clips: when given (clip mode only), training mixes image pseudo-clips
+            (:mod:`ovisnet.data.image_clips`) into the video clips. Keys: ``source``
+            (``"frames"``: the single valid frames of the train split; otherwise a COCO-format
+            instance JSON, absolute or relative to ``root``), ``ratio`` (fraction of pseudo-clips
+            in ``[0, 1)``, e.g. 0.4 for the paper's 0.6 video / 0.4 image mix), ``image_root``
+            (the COCO images' folder, absolute or relative to ``root``), optional
+            ``category_map`` (``{coco_category_id: dataset_category_id}``; default: match names)
+            and optional motion bounds (the fields of :class:`ClipMotion`).
     """
 
     def __init__(
@@ -64,8 +84,11 @@ class VISDataModule(L.LightningDataModule):
         seed: int = 0,
         check_files: bool = True,
         synthetic: dict[str, Any] | None = None,
+        image_clips: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if image_clips is not None:
+            _check_image_clips(image_clips, mode)
         self.save_hyperparameters()
         self.root = Path(root)
         self.splits: dict[str, VISAnnotations] = {}
@@ -119,6 +142,30 @@ class VISDataModule(L.LightningDataModule):
         if stage in ("test", "predict") and hp.test_ann is not None:
             self.load_split("test")
 
+    def image_clip_dataset(self) -> ImageClipDataset:
+        """The image pseudo-clips that ``image_clips`` configures, shaped like the video clips."""
+        hp = self.hparams
+        config = dict(hp.image_clips)
+        source_name = config.pop("source")
+        image_root = config.pop("image_root", None)
+        category_map = config.pop("category_map", None)
+        config.pop("ratio")
+        train = self.load_split("train")
+        source: ImageSource
+        if source_name == "frames":
+            source = VideoFrameSource(train)
+        else:
+            source = CocoImageSource(
+                self._path(source_name), self._path(image_root), train, category_map=category_map
+            )
+        return ImageClipDataset(
+            source,
+            clip_length=hp.clip_length,
+            max_size=tuple(hp.max_size),
+            flip_prob=hp.flip_prob,
+            motion=ClipMotion(**config),
+        )
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         dataset = VISTrainDataset(
@@ -129,6 +176,8 @@ class VISDataModule(L.LightningDataModule):
             clip_length=hp.clip_length,
             flip_prob=hp.flip_prob,
         )
+        if hp.image_clips is not None:
+            dataset = MixedClipDataset(dataset, self.image_clip_dataset(), hp.image_clips["ratio"])
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,
@@ -158,3 +207,23 @@ class VISDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def _check_image_clips(config: dict[str, Any], mode: str) -> None:
+    """Reject an ``image_clips`` config that cannot work, before any data is read."""
+    if mode != "clip":
+        raise ValueError(f"image_clips (image pseudo-clips) needs mode='clip', got mode={mode!r}")
+    unknown = sorted(set(config) - _IMAGE_CLIP_KEYS)
+    if unknown:
+        raise ValueError(f"image_clips: unknown keys {unknown}; known: {sorted(_IMAGE_CLIP_KEYS)}")
+    missing = sorted({"source", "ratio"} - set(config))
+    if missing:
+        raise ValueError(f"image_clips: missing keys {missing}")
+    if not 0.0 <= config["ratio"] < 1.0:
+        raise ValueError(f"image_clips: ratio must be in [0, 1), got {config['ratio']}")
+    ClipMotion(**{k: v for k, v in config.items() if k in _MOTION_KEYS})  # checks the bounds
+    if config["source"] == "frames":
+        if config.get("image_root") is not None or config.get("category_map") is not None:
+            raise ValueError("image_clips: image_root and category_map apply to a COCO source only")
+    elif config.get("image_root") is None:
+        raise ValueError(f"image_clips: the COCO source {config['source']} needs image_root")
