@@ -130,11 +130,26 @@ def tiny_train_overrides(tiny_synthetic: Path) -> list[str]:
         "data.batch_size=2",
         "trainer.max_epochs=1",
         "trainer.check_val_every_n_epoch=1",
-        "+trainer.limit_train_batches=2",
+        "++trainer.limit_train_batches=2",
         "+trainer.enable_progress_bar=false",
         "model.rpn.pre_nms_top_n=50",
         "model.rpn.post_nms_top_n=50",
         "model.rcnn.detections_per_img=10",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_stemseg_overrides(tiny_train_overrides: list[str]) -> list[str]:
+    """``tiny_train_overrides`` for STEm-Seg: narrow decoders, and every pixel foreground and a
+    seed candidate (a 2-step model's seediness stays near 0.5), so that tracks are written."""
+    kept = [o for o in tiny_train_overrides if not o.startswith(("model.rpn.", "model.rcnn."))]
+    return [
+        *kept,
+        "model.config.embedding_widths=[8,8,8,8]",
+        "model.config.semantic_widths=[8,8,8,8]",
+        "model.config.num_groups=4",
+        "system.predictor.config.fg_thresh=0.01",
+        "system.predictor.config.seed_thresh=0.01",
     ]
 
 

@@ -37,26 +37,44 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
     system = instantiate(cfg.system, model=model, _convert_="all")
     assert system.model is model
     has_tfc = experiment.startswith(("cmasktrack", "csipmask"))
-    assert (model.calibration is not None) == has_tfc
-    family = "SipMaskVIS" if "sipmask" in experiment else "MaskTrackRCNN"
-    assert type(model).__name__ == family
-    assert system.paste == model.paste  # each family pastes its own mask format
+    assert (getattr(model, "calibration", None) is not None) == has_tfc
+    family = {"sipmask": "SipMaskVIS", "stemseg": "STEmSeg"}
+    expected = next((v for k, v in family.items() if k in experiment), "MaskTrackRCNN")
+    assert type(model).__name__ == expected
     datamodule = instantiate(cfg.data, _convert_="all")
+    if expected == "STEmSeg":  # clips in, the clip predictor out, no tracker
+        assert datamodule.hparams.mode == "clip" and datamodule.hparams.clip_length == 8
+        assert system.tracker_factory is None and system.predictor_factory is not None
+        return
+    assert system.paste == model.paste  # each family pastes its own mask format
     assert datamodule.hparams.eps_train == 5
 
 
-@pytest.mark.parametrize("experiment", ["masktrack", "cmasktrack_cpu", "sipmask", "csipmask_cpu"])
+@pytest.mark.parametrize(
+    "experiment", ["masktrack", "cmasktrack_cpu", "sipmask", "csipmask_cpu", "stemseg_cpu"]
+)
 def test_train_and_evaluate_end_to_end(
-    experiment, tiny_synthetic, tiny_train_overrides, tiny_sipmask_overrides, tmp_path
+    experiment,
+    tiny_synthetic,
+    tiny_train_overrides,
+    tiny_sipmask_overrides,
+    tiny_stemseg_overrides,
+    tmp_path,
 ):
-    overrides = tiny_sipmask_overrides if "sipmask" in experiment else tiny_train_overrides
+    overrides = (
+        tiny_sipmask_overrides
+        if "sipmask" in experiment
+        else tiny_stemseg_overrides
+        if "stemseg" in experiment
+        else tiny_train_overrides
+    )
     cfg = _compose([f"experiment={experiment}", *overrides, f"paths.output_dir={tmp_path}"])
     metrics = train(cfg)
     assert set(metrics) >= {"AP", "AP50", "AR1", "AR10", "AP_SO", "AP_MO", "AP_HO"}
     written = sorted((tmp_path / "results").glob("val_epoch*/results.json"))
     assert written and (written[-1].parent / "results.zip").is_file()
     results = json.loads(written[-1].read_text())
-    if "sipmask" in experiment:
+    if "sipmask" in experiment or "stemseg" in experiment:
         assert results  # tracks were written: the comparison below is not vacuous
     assert all(len(r["segmentations"]) == 5 for r in results)
     # the printed table is the evaluator's verdict on the written results.json

@@ -23,7 +23,7 @@ from torch import nn
 from ovisnet.evaluation import GroundTruth, evaluate_results
 from ovisnet.evaluation.formatting import write_results
 from ovisnet.structures import ClipBatch
-from ovisnet.tracking.predictor import VideoPredictor
+from ovisnet.tracking.predictor import StreamPredictor, VideoPredictor
 from ovisnet.tracking.tracker import OnlineTracker
 
 # Below this share (calibration output / query magnitude) the calibration counts as dead.
@@ -40,32 +40,49 @@ def warmup_multistep(
     warmup_ratio: float,
     milestones: list[int],
     gamma: float = 0.1,
+    decay: dict[str, float] | None = None,
 ) -> float:
     """LR factor: linear warm-up from ``warmup_ratio`` over ``warmup_steps``, then ×gamma steps.
 
     ``milestones`` are optimiser steps (the mmdet recipe: warm-up 500 iterations from 1/3,
-    ×0.1 at epochs 8 and 11).
+    ×0.1 at epochs 8 and 11). ``decay = {start, steps, factor}`` adds an exponential decay that
+    begins at step ``start`` and reaches ``factor`` after ``steps`` more steps, then stays there
+    (STEm-Seg: constant until 60k, ×0.01 at 160k).
     """
     factor = gamma ** sum(step >= m for m in milestones)
+    if decay is not None:
+        progress = min(max(step - decay["start"], 0) / decay["steps"], 1.0)
+        factor *= decay["factor"] ** progress
     if step < warmup_steps:
         factor *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
     return factor
 
 
 class VISSystem(L.LightningModule):
-    """Train with the model's losses; validate by streaming whole videos through the tracker.
+    """Train with the model's losses; validate by streaming whole videos through a predictor.
+
+    The per-family inference loop is the seam: by default each video gets a
+    :class:`~ovisnet.tracking.predictor.VideoPredictor` (frame by frame + the online tracker, the
+    box families); ``predictor`` replaces it with another
+    :class:`~ovisnet.tracking.predictor.StreamPredictor`, e.g. STEm-Seg's clip predictor.
 
     Args:
         model: the plain model.
         optimizer: factory ``params -> torch.optim.Optimizer`` (Hydra ``_partial_``).
-        tracker: factory ``() -> OnlineTracker`` (Hydra ``_partial_``), one call per video.
+        tracker: factory ``() -> OnlineTracker`` (Hydra ``_partial_``), one call per video, for
+            the default predictor (None with a ``predictor`` that needs none).
         paste: mask pasting function (``instances, image_size=, original_size= ->
             instances``); None (the default) uses the model's own ``paste`` method, so a model
             swap never meets the other family's mask format.
+        predictor: factory ``(batch, model, category_ids) -> StreamPredictor`` building a
+            video's predictor from its first evaluation batch (Hydra ``_partial_``, e.g.
+            ``ClipPredictor.for_video``); None: the default predictor.
         warmup_steps: linear warm-up length in optimiser steps.
         warmup_ratio: LR factor at step 0.
         lr_steps: epochs after which the LR is multiplied by ``lr_gamma``.
         lr_gamma: the step factor.
+        lr_decay: optional exponential decay in optimiser steps, ``{start, steps, factor}``
+            (see :func:`warmup_multistep`).
         eps_test: test reference distance of calibrated models.
         lr_mult: learning-rate multipliers by parameter-name prefix inside the model, e.g.
             ``{"calibration.offset_head": 0.1}`` (the longest matching prefix wins; every
@@ -83,13 +100,15 @@ class VISSystem(L.LightningModule):
         self,
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        tracker: Callable[[], OnlineTracker],
+        tracker: Callable[[], OnlineTracker] | None = None,
         paste: Callable[..., Any] | None = None,
         *,
+        predictor: Callable[..., StreamPredictor] | None = None,
         warmup_steps: int = 500,
         warmup_ratio: float = 1.0 / 3.0,
         lr_steps: tuple[int, ...] = (8, 11),
         lr_gamma: float = 0.1,
+        lr_decay: dict[str, float] | None = None,
         eps_test: int = 3,
         oracle: bool = False,
         results_dir: str | None = None,
@@ -98,12 +117,20 @@ class VISSystem(L.LightningModule):
         bias_weight_decay: float | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "tracker", "paste"])
+        self.save_hyperparameters(ignore=["model", "optimizer", "tracker", "paste", "predictor"])
+        if predictor is None and tracker is None:
+            raise ValueError("the default (frame by frame) predictor needs a tracker factory")
+        if predictor is not None and oracle:
+            raise ValueError(
+                "oracle mode feeds ground truth to the online tracker; it is not available "
+                "with a custom predictor (STEm-Seg has no tracker)"
+            )
         self.model = model
         self.optimizer_factory = optimizer
         self.tracker_factory = tracker
-        self.paste = paste if paste is not None else model.paste
-        self._predictors: dict[int, VideoPredictor] = {}
+        self.predictor_factory = predictor
+        self.paste = paste if paste is not None else getattr(model, "paste", None)
+        self._predictors: dict[int, StreamPredictor] = {}
         self._results: list[dict[str, Any]] = []
         self._ground_truth: dict[str, GroundTruth] = {}  # parsed once per split
         self.last_metrics: dict[str, float] = {}
@@ -167,6 +194,7 @@ class VISSystem(L.LightningModule):
                 warmup_ratio=hp.warmup_ratio,
                 milestones=milestones,
                 gamma=hp.lr_gamma,
+                decay=hp.get("lr_decay"),
             )
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -245,21 +273,28 @@ class VISSystem(L.LightningModule):
         video_id, t = batch.video_ids[0], batch.frame_indices[0][0]
         if t == 0:
             ann = self.trainer.datamodule.load_split(self._split(prefix))
-            self._predictors[video_id] = VideoPredictor.for_video(
-                batch,
-                self.model,
-                self.tracker_factory(),
-                self.paste,
-                [c.id for c in ann.categories],
-                eps_test=self.hparams.eps_test,
-                oracle=self.hparams.oracle,
-            )
+            self._predictors[video_id] = self.make_predictor(batch, [c.id for c in ann.categories])
         predictor = self._predictors[video_id]
         target = batch.targets[0][0] if batch.targets is not None else None
         predictor.push(batch.images[0, 0], target)
         if predictor.done:
             self._results.extend(predictor.finalize())
             del self._predictors[video_id]
+
+    def make_predictor(self, batch: ClipBatch, category_ids: list[int]) -> StreamPredictor:
+        """The predictor of the video of ``batch`` (its first evaluation batch)."""
+        if self.predictor_factory is not None:
+            return self.predictor_factory(batch, self.model, category_ids)
+        assert self.tracker_factory is not None
+        return VideoPredictor.for_video(
+            batch,
+            self.model,
+            self.tracker_factory(),
+            self.paste,
+            category_ids,
+            eps_test=self.hparams.eps_test,
+            oracle=self.hparams.oracle,
+        )
 
     def validation_step(self, batch: ClipBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")

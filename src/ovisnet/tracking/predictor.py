@@ -24,6 +24,29 @@ from ovisnet.structures import ClipBatch, FeatureMaps, Instances
 from ovisnet.tracking.tracker import OnlineTracker, oracle_detections
 
 
+class StreamPredictor(Protocol):
+    """The one interface of every family's streamed whole-video inference.
+
+    :class:`VideoPredictor` (box families: frame by frame + online tracker) and
+    :class:`~ovisnet.tracking.clip_predictor.ClipPredictor` (STEm-Seg: sub-clips, clustering,
+    stitching) both take a video's frames in temporal order and return its result entries; the
+    Lightning system, ``ovisnet.eval`` and the benchmarks only use this.
+    """
+
+    @property
+    def done(self) -> bool:
+        """Whether every frame has been pushed and processed."""
+        ...
+
+    def push(self, image: Tensor, target: Instances | None = None) -> None:
+        """Add the next frame (``(3, H, W)`` uint8 canvas) and, for oracle runs, its truth."""
+        ...
+
+    def finalize(self) -> list[dict[str, Any]]:
+        """The video's ``results.json`` entries (once :attr:`done`)."""
+        ...
+
+
 class TrackingDetector(Protocol):
     """What the predictor needs from a model (MaskTrack R-CNN, CMaskTrack R-CNN)."""
 
