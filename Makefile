@@ -55,6 +55,7 @@ bench: install ## run the benchmarks (ratios measured side by side)
 	$(BIN)/python scripts/bench_correlation.py
 	$(BIN)/python scripts/bench_inference.py
 	$(BIN)/python scripts/bench_sipmask.py
+	$(BIN)/python scripts/bench_stemseg.py
 
 clean: ## remove build and test caches (keeps .venv and data/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

@@ -13,8 +13,10 @@ frames run instrumented (each stage timed separately) for a per-stage breakdown.
 
 Part ``rss``: each light CPU preset (``experiment=cmasktrack_cpu`` and ``csipmask_cpu``:
 ResNet-18, 64-channel FPN, calibration hidden 64, 30 detections; CSipMask at score threshold 0
-so that its random weights keep detections) streams a whole synthetic 320x192 video through
-``VideoPredictor`` (eps_test 3), frames read from disk one at a time by the eval dataloader
+so that its random weights keep detections; ``stemseg_cpu`` with every pixel foreground and a
+seed candidate, so that each sub-clip forms its 30 clusters) streams a whole synthetic 320x192
+video through its family's predictor (``VISSystem.make_predictor``: ``VideoPredictor`` with
+eps_test 3, or ``ClipPredictor``), frames read from disk one at a time by the eval dataloader
 (``VISDataModule.eval_dataloader``, in-process), once for a 50-frame and once for a 400-frame
 video, each in a fresh subprocess that reports its peak RSS.
 
@@ -55,7 +57,7 @@ from ovisnet.models.masktrack import MaskTrackRCNN, RPNConfig
 from ovisnet.models.roi_heads import RCNNConfig
 from ovisnet.structures import collate_clips
 from ovisnet.tracking.association import MatchWeights
-from ovisnet.tracking.predictor import VideoPredictor
+from ovisnet.tracking.predictor import StreamPredictor, VideoPredictor
 from ovisnet.tracking.tracker import OnlineTracker
 
 SPEED_SIZE = (640, 360)  # (W, H) of the speed part's frames
@@ -615,9 +617,15 @@ def run_speed(args: argparse.Namespace) -> None:
 # Overrides of each streamed-memory experiment. The SipMask family's score threshold is 0 so that
 # its random-weight model keeps its 30 detections per frame and the results being built are part
 # of what is measured (CMaskTrack's figure is the one recorded before, at the preset's settings).
+# STEm-Seg's random weights give no seed above 0.8 and little foreground: every pixel is made
+# foreground and a seed candidate, so each sub-clip forms its 30 clusters (its worst case).
 RSS_OVERRIDES = {
     "cmasktrack_cpu": [],
     "csipmask_cpu": ["model.test.score_thresh=0.0"],
+    "stemseg_cpu": [
+        "system.predictor.config.fg_thresh=0.0",
+        "system.predictor.config.seed_thresh=0.01",
+    ],
 }
 
 
@@ -643,8 +651,8 @@ def rss_child(num_frames: int, cache_dir: Path, threads: int, experiment: str) -
         cfg = compose("train", overrides=overrides)
     torch.manual_seed(0)
     model = instantiate(cfg.model, _convert_="all").eval()
-    tracker_factory = instantiate(cfg.system.tracker, _convert_="all")
-    paste = model.paste
+    # the system's per-family seam: VideoPredictor + tracker, or STEm-Seg's ClipPredictor
+    system = instantiate(cfg.system, model=model, _convert_="all")
     rss_model = proc_status_kib("VmRSS")
 
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -653,20 +661,13 @@ def rss_child(num_frames: int, cache_dir: Path, threads: int, experiment: str) -
     rss_data = proc_status_kib("VmRSS")
 
     results: list[dict[str, Any]] = []
-    predictor: VideoPredictor | None = None
+    predictor: StreamPredictor | None = None
     frames = 0
     start = time.perf_counter()
     with torch.no_grad():
         for batch in loader:
             if batch.frame_indices[0][0] == 0:
-                predictor = VideoPredictor.for_video(
-                    batch,
-                    model,
-                    tracker_factory(),
-                    paste,
-                    [c.id for c in ann.categories],
-                    eps_test=cfg.data.eps_test,
-                )
+                predictor = system.make_predictor(batch, [c.id for c in ann.categories])
             assert predictor is not None
             predictor.push(batch.images[0, 0])
             frames += 1
@@ -701,9 +702,14 @@ def run_rss_experiment(args: argparse.Namespace, experiment: str) -> None:
     """Peak RSS of one preset's streamed evaluation over the ``--rss-frames`` videos."""
     cache_dir = Path(args.cache_dir)
     extra = " ".join(RSS_OVERRIDES[experiment])
+    what = (
+        "R18, FPN 64, decoders 64/64/32/32, 30 clusters per sub-clip, 30 tracks"
+        if experiment.startswith("stemseg")
+        else "R18, FPN 64, calibration hidden 64, 30 dets"
+    )
     print(
-        f"## Streamed evaluation memory: experiment={experiment} {extra} (R18, FPN 64, "
-        f"calibration hidden 64, 30 dets), CPU, threads={args.threads}, synthetic "
+        f"## Streamed evaluation memory: experiment={experiment} {extra} ({what}), CPU, "
+        f"threads={args.threads}, synthetic "
         f"{RSS_SIZE[0]}x{RSS_SIZE[1]} video read from disk frame by frame (eval dataloader, "
         f"num_workers=0), fresh process per video\n"
     )
@@ -800,7 +806,7 @@ def main(argv: list[str] | None = None) -> None:
         "--rss-experiments",
         nargs="+",
         choices=sorted(RSS_OVERRIDES),
-        default=["cmasktrack_cpu", "csipmask_cpu"],
+        default=["cmasktrack_cpu", "csipmask_cpu", "stemseg_cpu"],
     )
     parser.add_argument(
         "--cache-dir",
