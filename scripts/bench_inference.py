@@ -645,6 +645,7 @@ def rss_child(num_frames: int, cache_dir: Path, threads: int, experiment: str) -
         f"experiment={experiment}",
         f"data.root={root}",
         "data.num_workers=0",
+        f"paths.output_dir={cache_dir / 'rss-run'}",  # the system's results_dir (not written)
         *RSS_OVERRIDES[experiment],
     ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

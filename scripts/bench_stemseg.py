@@ -18,7 +18,7 @@ code prints model / clustering / overall speed. Peak memory of a streamed 400- v
 video is part ``rss`` of ``scripts/bench_inference.py`` (``--rss-experiments stemseg_cpu``).
 
 Usage:
-    python scripts/bench_stemseg.py                 # 16 frames on CPU, 40 on CUDA
+    python scripts/bench_stemseg.py                 # 32 frames on CPU, 64 on CUDA
     python scripts/bench_stemseg.py --frames 24 --device cuda
 """
 
@@ -120,7 +120,7 @@ def stream(
 def main(argv: list[str] | None = None) -> None:
     """Build both models, warm them up, time the interleaved streams, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=None, help="timed frames (16 CPU, 40 CUDA)")
+    parser.add_argument("--frames", type=int, default=None, help="timed frames (32 CPU, 64 CUDA)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--forced", action=argparse.BooleanOptionalAction, default=True)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    frames_n = args.frames or (40 if device.type == "cuda" else 16)
+    frames_n = args.frames or (64 if device.type == "cuda" else 32)
     root = synthetic_video(Path(args.cache_dir), frames_n, SIZE)
     dataset = VISFrameDataset(load_annotations(root / "annotations" / "valid.json"), max_size=SIZE)
     batches = [collate_clips([dataset[i]]) for i in range(len(dataset))]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from ovisnet.eval import apply_overrides, evaluate, main, parse_args
@@ -50,27 +51,28 @@ def cli_run(tiny_synthetic, tiny_train_overrides, tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_csipmask_cli_run_is_rebuilt_by_eval_from_its_checkpoint(
-    tiny_synthetic, tiny_sipmask_overrides, tmp_path
+@pytest.mark.parametrize("experiment", ["csipmask_cpu", "stemseg_cpu"])
+def test_cli_run_of_another_family_is_rebuilt_by_eval_from_its_checkpoint(
+    experiment, tiny_synthetic, tiny_sipmask_overrides, tiny_stemseg_overrides, tmp_path
 ):
     run_dir = tmp_path / "run"
+    overrides = tiny_stemseg_overrides if "stemseg" in experiment else tiny_sipmask_overrides
     _run_module(
-        "ovisnet.train",
-        [
-            "experiment=csipmask_cpu",
-            *tiny_sipmask_overrides,
-            f"hydra.run.dir={run_dir}",
-        ],
+        "ovisnet.train", [f"experiment={experiment}", *overrides, f"hydra.run.dir={run_dir}"]
     )
     trained = json.loads((run_dir / "results" / "val_epoch000" / "results.json").read_text())
-    assert trained  # detections were tracked and written
+    assert trained  # tracks were written
     ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
     summary = evaluate(ckpt, output_dir=str(tmp_path / "eval"))
     evaluated = json.loads((Path(summary["results_dir"]) / "results.json").read_text())
-    assert evaluated == trained  # the rebuilt CSipMask streams exactly as in training
+    assert evaluated == trained  # the rebuilt model streams exactly as in training
     expected = evaluate_results(tiny_synthetic / "annotations" / "valid.json", evaluated)
     for key, value in summary["metrics"].items():
         assert value == pytest.approx(100.0 * expected[key], abs=1e-9)
+    if "stemseg" in experiment:  # no tracker to feed the ground truth to
+        with pytest.raises(InstantiationException, match="oracle mode"):
+            evaluate(ckpt, output_dir=str(tmp_path / "oracle"), overrides=["system.oracle=true"])
+        return
     oracle = evaluate(ckpt, output_dir=str(tmp_path / "oracle"), overrides=["system.oracle=true"])
     assert oracle["metrics"]["AP"] == pytest.approx(100.0)
 
@@ -194,12 +196,14 @@ def test_slurm_launcher_config_composes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["masktrack", "csipmask_cpu"])
+@pytest.mark.parametrize("experiment", ["masktrack", "csipmask_cpu", "stemseg_cpu"])
 def test_multirun_over_two_seeds_with_the_basic_launcher(
-    experiment, tiny_train_overrides, tiny_sipmask_overrides, tmp_path
+    experiment, tiny_train_overrides, tiny_sipmask_overrides, tiny_stemseg_overrides, tmp_path
 ):
     sweep = tmp_path / "sweep"
-    overrides = tiny_sipmask_overrides if "sipmask" in experiment else tiny_train_overrides
+    overrides = {"sipmask": tiny_sipmask_overrides, "stemseg": tiny_stemseg_overrides}.get(
+        next((k for k in ("sipmask", "stemseg") if k in experiment), ""), tiny_train_overrides
+    )
     _run_module(
         "ovisnet.train",
         [
