@@ -122,6 +122,21 @@ def synthetic_video(cache_dir: Path, num_frames: int, size: tuple[int, int]) -> 
     return root
 
 
+def canvas_frames(
+    cache_dir: Path, num_frames: int, size: tuple[int, int], device: torch.device
+) -> tuple[list[Tensor], tuple[int, int]]:
+    """The frames of a synthetic video as the eval dataloader gives them, on ``device``.
+
+    Returns:
+        ``(3, H, W)`` uint8 canvas frames (resized to fit ``size``, padded to a multiple of 32)
+        and the resized image's ``(h, w)`` inside the canvas.
+    """
+    root = synthetic_video(cache_dir, num_frames, size)
+    dataset = VISFrameDataset(load_annotations(root / "annotations" / "valid.json"), max_size=size)
+    batches = [collate_clips([dataset[i]]) for i in range(len(dataset))]
+    return [b.images[0, 0].to(device) for b in batches], batches[0].image_sizes[0]
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA only)."""
     if device.type == "cuda":

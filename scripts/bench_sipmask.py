@@ -35,20 +35,17 @@ from bench_inference import (
     DETECTIONS,
     EPS_TEST,
     NUM_CLASSES,
+    canvas_frames,
     make_predictor,
     markdown_table,
     sync,
-    synthetic_video,
     verdict,
 )
-from ovisnet.data.annotations import load_annotations
-from ovisnet.data.datasets import VISFrameDataset
 from ovisnet.models.backbones import resnet_fpn
 from ovisnet.models.calibration import TemporalFeatureCalibration
 from ovisnet.models.masktrack import MaskTrackRCNN
 from ovisnet.models.roi_heads import RCNNConfig
 from ovisnet.models.sipmask import SipMaskTestConfig, SipMaskVIS
-from ovisnet.structures import collate_clips
 
 SIZE = (640, 360)
 TARGET_SIPMASK = 0.8  # SipMask-VIS / MaskTrack R-CNN per frame (published implementations: 0.74)
@@ -120,12 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     frames_n = args.frames or (20 if device.type == "cuda" else 6)
-    root = synthetic_video(Path(args.cache_dir), frames_n, SIZE)
-    ann = load_annotations(root / "annotations" / "valid.json")
-    dataset = VISFrameDataset(ann, max_size=SIZE)
-    batches = [collate_clips([dataset[i]]) for i in range(len(dataset))]
-    size_hw = batches[0].image_sizes[0]
-    frames = [b.images[0, 0].to(device) for b in batches]
+    frames, size_hw = canvas_frames(Path(args.cache_dir), frames_n, SIZE, device)
     canvas = tuple(frames[0].shape[-2:])
     models = {name: m.to(device).eval() for name, m in build_models().items()}
     counts: dict[str, list[int]] = {name: [] for name in models}

@@ -39,19 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import (
     DETECTIONS,
     NUM_CLASSES,
+    canvas_frames,
     make_predictor,
     markdown_table,
     sync,
-    synthetic_video,
     verdict,
 )
-from ovisnet.data.annotations import load_annotations
-from ovisnet.data.datasets import VISFrameDataset
 from ovisnet.models.backbones import resnet_fpn
 from ovisnet.models.masktrack import MaskTrackRCNN
 from ovisnet.models.roi_heads import RCNNConfig
 from ovisnet.models.stemseg import STEmSeg
-from ovisnet.structures import collate_clips
 from ovisnet.tracking.clip_predictor import ClipPredictor, ClusteringConfig
 
 SIZE = (640, 360)
@@ -131,11 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     frames_n = args.frames or (64 if device.type == "cuda" else 32)
-    root = synthetic_video(Path(args.cache_dir), frames_n, SIZE)
-    dataset = VISFrameDataset(load_annotations(root / "annotations" / "valid.json"), max_size=SIZE)
-    batches = [collate_clips([dataset[i]]) for i in range(len(dataset))]
-    size_hw = batches[0].image_sizes[0]
-    frames = [b.images[0, 0].to(device) for b in batches]
+    frames, size_hw = canvas_frames(Path(args.cache_dir), frames_n, SIZE, device)
     canvas = tuple(frames[0].shape[-2:])
     torch.manual_seed(0)
     models = {

@@ -15,6 +15,9 @@ CORE = [
     "ovisnet.ops.correlation",
     "ovisnet.models",
     "ovisnet.tracking",
+    "ovisnet.models.stemseg",
+    "ovisnet.tracking.clip_predictor",
+    "ovisnet.data.image_clips",
 ]
 
 

@@ -288,7 +288,7 @@ class _FakeClipModel:
     def extract_features(self, images, image_sizes=None):
         return {"t": images.float().mean().view(1)}
 
-    def clip_outputs(self, frames, batch_size=1):
+    def clip_outputs(self, frames):
         t_len, h, w = len(frames), self.h, self.w
         emb = torch.zeros(1, 4, t_len, h, w)
         seeds = torch.zeros(1, t_len, h, w)

@@ -224,12 +224,11 @@ class STEmSeg(VideoDetector):
         )
 
     # -- network ------------------------------------------------------------------------------
-    def clip_outputs(self, frames: list[FeatureMaps], batch_size: int = 1) -> ClipOutputs:
-        """Run both decoders and the heads on the per-frame features of ``batch_size`` clips.
+    def clip_outputs(self, frames: list[FeatureMaps]) -> ClipOutputs:
+        """Run both decoders and the heads on the per-frame features of a batch of clips.
 
         Args:
             frames: ``T`` feature dicts (one per time step), each level ``(B, C, h, w)``.
-            batch_size: ``B``, the clips of the batch.
 
         Returns:
             The heads' outputs at stride 4 of the padded canvas.
@@ -267,7 +266,7 @@ class STEmSeg(VideoDetector):
         frames = [
             {k: features[k].unflatten(0, (b, t))[:, i] for k in PYRAMID_LEVELS} for i in range(t)
         ]
-        return self.clip_outputs(frames, b)
+        return self.clip_outputs(frames)
 
     # -- training -----------------------------------------------------------------------------
     def loss(self, batch: ClipBatch) -> dict[str, Tensor]:
@@ -289,7 +288,7 @@ class STEmSeg(VideoDetector):
         sem_targets, ignores = [], []
         for i, clip in enumerate(batch.targets):
             masks, labels, ignore = clip_targets(clip, (h, w), out.seediness.device)
-            sem_targets.append(semantic_targets(masks, labels, ignore))
+            sem_targets.append(semantic_targets(masks, labels))
             ignores.append(ignore)
             num_instances += masks.shape[0]
             terms = instance_losses(
@@ -382,7 +381,7 @@ def downsample_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
     return F.avg_pool2d(full[:, None], OUTPUT_STRIDE)[:, 0] > 0.5
 
 
-def semantic_targets(masks: Tensor, labels: Tensor, ignore: Tensor) -> Tensor:
+def semantic_targets(masks: Tensor, labels: Tensor) -> Tensor:
     """Per-pixel class targets ``(T, h, w)`` int64: 0 background, ``label + 1`` for objects."""
     target = torch.zeros(masks.shape[1:], dtype=torch.int64, device=masks.device)
     for mask, label in zip(masks, labels, strict=True):

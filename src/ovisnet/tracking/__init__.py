@@ -2,19 +2,26 @@
 
 ``OnlineTracker`` (one per video) implements MaskTrack R-CNN's inference tracking (SPEC-models.md
 §2.3), shared by MaskTrack R-CNN, CMaskTrack R-CNN, SipMask-VIS and CSipMask; the association
-score (Eq. 3) is the single function ``association_scores``.
+score (Eq. 3) is the single function ``association_scores``. STEm-Seg has no tracker: its
+clusters are linked across sub-clips by ``ClipStitcher`` inside ``ClipPredictor`` (SPEC §7.4).
 """
 
 from __future__ import annotations
 
 from ovisnet.tracking.association import MatchWeights, association_scores
+from ovisnet.tracking.clip_predictor import ClipPredictor, ClusteringConfig
+from ovisnet.tracking.clustering import ClipStitcher, cluster_pixels
 from ovisnet.tracking.memory import TrackMemory
 from ovisnet.tracking.tracker import OnlineTracker, oracle_detections
 
 __all__ = [
+    "ClipPredictor",
+    "ClipStitcher",
+    "ClusteringConfig",
     "MatchWeights",
     "OnlineTracker",
     "TrackMemory",
     "association_scores",
+    "cluster_pixels",
     "oracle_detections",
 ]

@@ -34,6 +34,7 @@ from ovisnet.evaluation.formatting import VideoResultBuilder, encode_mask
 from ovisnet.evaluation.masks import RLE
 from ovisnet.structures import ClipBatch, FeatureMaps, Instances
 from ovisnet.tracking.clustering import ClipStitcher, cluster_pixels
+from ovisnet.tracking.predictor import video_of
 
 
 class ClipModel(Protocol):
@@ -43,7 +44,7 @@ class ClipModel(Protocol):
         self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None
     ) -> FeatureMaps: ...
 
-    def clip_outputs(self, frames: list[FeatureMaps], batch_size: int = 1) -> Any: ...
+    def clip_outputs(self, frames: list[FeatureMaps]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -144,15 +145,7 @@ class ClipPredictor:
         cls, batch: ClipBatch, model: ClipModel, category_ids: Sequence[int], **kwargs: Any
     ) -> ClipPredictor:
         """A predictor for the video of an evaluation batch (one frame of one video)."""
-        return cls(
-            model,
-            video_id=batch.video_ids[0],
-            length=batch.video_lengths[0],
-            image_size=batch.image_sizes[0],
-            original_size=batch.original_sizes[0],
-            category_ids=category_ids,
-            **kwargs,
-        )
+        return cls(model, **video_of(batch), category_ids=category_ids, **kwargs)
 
     @property
     def done(self) -> bool:
@@ -236,14 +229,12 @@ class ClipPredictor:
         onehot = labels[None] == ids[:, None, None]  # (K, h, w)
         pixels = onehot.flatten(1).sum(1).tolist()
         # Σ over a track's pixels of the frame's mean class logits, background removed
-        sums = onehot.flatten(1).float() @ (class_sum[1:] / count).flatten(1).T
+        sums = (onehot.flatten(1).float() @ (class_sum[1:] / count).flatten(1).T).cpu()
         masks = self._to_original(onehot)
         for i, track_id in enumerate(ids.tolist()):
             track = self.tracks.setdefault(track_id, _Track(first=frame))
             track.pixels += pixels[i]
-            track.class_sum = (
-                sums[i].cpu() if track.class_sum is None else track.class_sum + sums[i].cpu()
-            )
+            track.class_sum = sums[i] if track.class_sum is None else track.class_sum + sums[i]
             track.last = frame
             track.masks[frame] = encode_mask(masks[i])
 

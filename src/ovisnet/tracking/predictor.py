@@ -24,6 +24,17 @@ from ovisnet.structures import ClipBatch, FeatureMaps, Instances
 from ovisnet.tracking.tracker import OnlineTracker, oracle_detections
 
 
+def video_of(batch: ClipBatch) -> dict[str, Any]:
+    """``video_id``, ``length``, ``image_size`` and ``original_size`` of an evaluation batch's
+    video (one frame of one video), the arguments every streamed predictor is built with."""
+    return {
+        "video_id": batch.video_ids[0],
+        "length": batch.video_lengths[0],
+        "image_size": batch.image_sizes[0],
+        "original_size": batch.original_sizes[0],
+    }
+
+
 class StreamPredictor(Protocol):
     """The one interface of every family's streamed whole-video inference.
 
@@ -136,17 +147,7 @@ class VideoPredictor:
         ``video_id``, ``length``, ``image_size`` and ``original_size`` come from the batch;
         ``kwargs`` are ``eps_test`` / ``oracle``.
         """
-        return cls(
-            model,
-            tracker,
-            paste,
-            video_id=batch.video_ids[0],
-            length=batch.video_lengths[0],
-            image_size=batch.image_sizes[0],
-            original_size=batch.original_sizes[0],
-            category_ids=category_ids,
-            **kwargs,
-        )
+        return cls(model, tracker, paste, **video_of(batch), category_ids=category_ids, **kwargs)
 
     @property
     def done(self) -> bool:
