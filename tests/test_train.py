@@ -45,6 +45,11 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
     if expected == "STEmSeg":  # clips in, the clip predictor out, no tracker
         assert datamodule.hparams.mode == "clip" and datamodule.hparams.clip_length == 8
         assert system.tracker_factory is None and system.predictor_factory is not None
+        if experiment != "stemseg_cpu":  # the official schedule: SGD Nesterov, decay in steps
+            assert cfg.system.optimizer.nesterov and cfg.trainer.max_steps == 160_000
+            assert dict(cfg.system.lr_decay) == {"start": 60000, "steps": 100000, "factor": 0.01}
+        if experiment == "stemseg_x101":
+            assert cfg.data.image_clips.ratio == 0.4
         return
     assert system.paste == model.paste  # each family pastes its own mask format
     assert datamodule.hparams.eps_train == 5
@@ -168,3 +173,21 @@ def test_wandb_logger_is_offline_unless_the_user_sets_a_mode(mode, offline, monk
         monkeypatch.setenv("WANDB_MODE", mode)
     cfg = _compose(["logger=wandb", f"paths.output_dir={tmp_path}"])
     assert cfg.logger.wandb.offline is offline
+
+
+def test_lr_schedule_warmup_steps_and_exponential_decay():
+    from ovisnet.lit.system import warmup_multistep
+
+    mmdet = {"warmup_steps": 500, "warmup_ratio": 1 / 3, "milestones": [800, 1100]}
+    assert warmup_multistep(0, **mmdet) == pytest.approx(1 / 3)
+    assert warmup_multistep(250, **mmdet) == pytest.approx(2 / 3)
+    assert warmup_multistep(500, **mmdet) == 1.0
+    assert warmup_multistep(800, **mmdet) == pytest.approx(0.1)
+    assert warmup_multistep(1100, **mmdet) == pytest.approx(0.01)
+    # STEm-Seg: constant until 60k, then exponential down to x0.01 at 160k, then flat
+    stemseg = {"warmup_steps": 0, "warmup_ratio": 1.0, "milestones": []}
+    decay = {"start": 60_000, "steps": 100_000, "factor": 0.01}
+    assert warmup_multistep(60_000, **stemseg, decay=decay) == 1.0
+    assert warmup_multistep(110_000, **stemseg, decay=decay) == pytest.approx(0.1)
+    assert warmup_multistep(160_000, **stemseg, decay=decay) == pytest.approx(0.01)
+    assert warmup_multistep(200_000, **stemseg, decay=decay) == pytest.approx(0.01)

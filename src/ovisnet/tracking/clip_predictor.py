@@ -58,8 +58,9 @@ class ClusteringConfig:
         primary_thresh: unassigned pixels with probability > this join the current cluster.
         secondary_thresh: leftover pixels join their nearest cluster above this probability.
         max_clusters: clusters per sub-clip (official 20).
-        distance: ``"squared"`` (the training-consistent probability, default) or ``"sqrt"``
-            (the official clusterer's).
+        distance: ``"sqrt"`` (the official clusterer's ``exp(-½ sqrt(d²))``, the default: it
+            scored 3–5 AP higher on independent synthetic sets, see the README) or
+            ``"squared"`` (``exp(-½ d²)``, the probability the training loss uses).
         secondary: ``"nearest"`` (default) or ``"official"`` (the official code's choice).
         min_iou: stitching IoU below which clips are not linked (0: the official rule).
         max_tracks: tracks kept per video, the longest-lived (official 10 for YouTube-VIS).
@@ -71,7 +72,7 @@ class ClusteringConfig:
     primary_thresh: float = 0.5
     secondary_thresh: float = 0.3
     max_clusters: int = 20
-    distance: str = "squared"
+    distance: str = "sqrt"
     secondary: str = "nearest"
     min_iou: float = 0.0
     max_tracks: int = 10
