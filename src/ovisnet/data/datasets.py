@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,6 +55,12 @@ def frame_targets(ann: VISAnnotations, video: Video, t: int, with_masks: bool = 
     )
 
 
+def read_rgb(path: Path) -> torch.Tensor:
+    """An image file as a ``(3, H, W)`` uint8 RGB tensor."""
+    with Image.open(path) as img:
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+
+
 def valid_frames(video: Video) -> list[int]:
     """Frames with at least one valid non-crowd box (the only ones used for training)."""
     return [
@@ -76,8 +83,7 @@ class _VideoFrames:
         path = self.ann.frame_path(video, t)
         if not path.is_file():
             raise FileNotFoundError(f"video {video.id}: frame {t} file missing: {path}")
-        with Image.open(path) as img:
-            image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+        image = read_rgb(path)
         if tuple(image.shape[-2:]) != (video.height, video.width):
             raise ValueError(
                 f"video {video.id}: frame {t} ({path}) is {image.shape[-1]}x{image.shape[-2]}, "

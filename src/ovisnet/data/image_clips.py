@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -35,6 +34,7 @@ from ovisnet.data.datasets import (
     _VideoFrames,
     frame_targets,
     is_valid_box,
+    read_rgb,
     valid_frames,
 )
 from ovisnet.data.transforms import fit_scale, resized_hw, transform_clip
@@ -295,8 +295,7 @@ class CocoImageSource:
         """Image ``index`` and its mapped objects (those whose mask is not empty)."""
         entry = self.images[index]
         path = self.image_root / entry.file_name
-        with Image.open(path) as img:
-            image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+        image = read_rgb(path)
         if tuple(image.shape[-2:]) != (entry.height, entry.width):
             raise ValueError(
                 f"{path} is {image.shape[-1]}x{image.shape[-2]}, {self.path} says "
