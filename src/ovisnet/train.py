@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ovisnet.data.annotations import count_categories
 from ovisnet.lit.system import METRIC_KEYS
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -28,6 +29,19 @@ def wandb_offline() -> bool:
 
 
 OmegaConf.register_new_resolver("ovisnet.wandb_offline", wandb_offline, replace=True)
+
+
+def num_categories(root: str, ann: str) -> int:
+    """Category count of the annotation file ``ann`` (absolute, or relative to ``root``).
+
+    The ``${ovisnet.num_categories:${data.root},${data.train_ann}}`` resolver of
+    ``conf/data/custom.yaml``: ``num_classes`` follows the user's file instead of being typed.
+    """
+    path = Path(ann)
+    return count_categories(path if path.is_absolute() else Path(root) / path)
+
+
+OmegaConf.register_new_resolver("ovisnet.num_categories", num_categories, replace=True)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:

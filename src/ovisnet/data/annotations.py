@@ -369,13 +369,7 @@ def load_annotations(
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file not found: {path}")
-        try:
-            with path.open() as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise AnnotationError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
         if image_root is None:
             guess = path.resolve().parent.parent / "JPEGImages"
             image_root = guess if guess.is_dir() else None
@@ -399,3 +393,37 @@ def check_frame_files(ann: VISAnnotations) -> None:
             path = ann.frame_path(video, t)
             if not path.is_file():
                 raise FileNotFoundError(f"video {video.id}: frame {t} file missing: {path}")
+
+
+def read_json(path: Path) -> Any:
+    """The decoded JSON of an annotation file.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names it).
+        AnnotationError: the file is not valid JSON.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        with path.open() as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: not valid JSON ({e})") from None
+
+
+def count_categories(path: str | Path) -> int:
+    """Number of categories of an annotation file, without validating the rest of it.
+
+    Configs that take ``num_classes`` from the data (``conf/data/custom.yaml``) call this while
+    Hydra composes, so it only reads the JSON; the DataModule validates the whole file later.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names it).
+        AnnotationError: the file is not JSON or has no non-empty ``categories`` list.
+    """
+    path = Path(path)
+    data = read_json(path)
+    categories = data.get("categories") if isinstance(data, Mapping) else None
+    if not isinstance(categories, list) or not categories:
+        raise AnnotationError(f"{path}: field 'categories' must be a non-empty list")
+    return len(categories)
