@@ -119,8 +119,10 @@ def tiny_synthetic(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_train_overrides(tiny_synthetic: Path) -> list[str]:
-    """Hydra overrides that shrink an experiment to seconds on ``tiny_synthetic``."""
+    """Hydra overrides that shrink an experiment to seconds on ``tiny_synthetic``, from scratch
+    (the paper recipes' ``init_from=coco`` would need the weights in torch hub's cache)."""
     return [
+        "init_from=null",
         "data=synthetic",
         "trainer=cpu",
         "model/backbone=timm_fpn",

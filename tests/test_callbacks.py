@@ -434,6 +434,7 @@ def test_configured_callback_in_a_real_training_run_with_wandb(wandb_offline):
     generate(root, seed=3, num_videos=4, num_frames=5, size=(96, 64), valid_fraction=0.25)
     overrides = [
         "experiment=masktrack",
+        "init_from=null",  # the recipe starts from COCO weights, which are not cached here
         "data=synthetic",
         "trainer=cpu",
         "logger=wandb",

@@ -45,14 +45,17 @@ OmegaConf.register_new_resolver("ovisnet.num_categories", num_categories, replac
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """Instantiate the DataModule, the plain model and the system around it."""
+    """Instantiate the DataModule, the plain model and the system around it.
+
+    ``init_from`` (``coco``, a checkpoint path, or null) initialises the model before the
+    system wraps it; the load summary is printed.
+    """
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     if cfg.get("init_from"):
-        from ovisnet.models.checkpoint import load_coco_maskrcnn
+        from ovisnet.models.checkpoint import init_model
 
-        report = load_coco_maskrcnn(model, cfg.init_from)
-        print(report)
+        print(init_model(model, cfg.init_from))
     system = instantiate(cfg.system, model=model, _convert_="all")
     return datamodule, system
 
