@@ -276,6 +276,29 @@ def same_detections_line(ours: Any, theirs: dict[str, Tensor]) -> str:
     )
 
 
+def time_interleaved(
+    predictors: dict[str, StreamPredictor], frames: list[Tensor], device: torch.device
+) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
+    """Push ``frames`` through every predictor, interleaved (the order rotates every frame).
+
+    Returns:
+        Seconds spent in each predictor's ``push`` / ``finalize`` calls, and its results.
+    """
+    seconds = dict.fromkeys(predictors, 0.0)
+    results: dict[str, list[dict[str, Any]]] = {}
+    names = list(predictors)
+    for t, image in enumerate(frames):
+        for name in names[t % len(names) :] + names[: t % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            predictors[name].push(image)
+            if t == len(frames) - 1:
+                results[name] = predictors[name].finalize()
+            sync(device)
+            seconds[name] += time.perf_counter() - start
+    return seconds, results
+
+
 class Stopwatch:
     """Accumulated wall time of wrapped methods / hooked modules while ``enabled``.
 

@@ -24,7 +24,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ from bench_inference import (
     canvas_frames,
     make_predictor,
     markdown_table,
-    sync,
+    time_interleaved,
     verdict,
 )
 from ovisnet.models.backbones import resnet_fpn
@@ -90,18 +89,7 @@ def stream(
 ) -> dict[str, float]:
     """Push ``frames`` through one predictor per model, interleaved; seconds per model."""
     predictors = {name: make_predictor(m, len(frames), size_hw) for name, m in models.items()}
-    seconds = dict.fromkeys(models, 0.0)
-    names = list(models)
-    for t, image in enumerate(frames):
-        for name in names[t % len(names) :] + names[: t % len(names)]:
-            sync(device)
-            start = time.perf_counter()
-            predictors[name].push(image)
-            if t == len(frames) - 1:
-                predictors[name].finalize()
-            sync(device)
-            seconds[name] += time.perf_counter() - start
-    return seconds
+    return time_interleaved(predictors, frames, device)[0]
 
 
 def main(argv: list[str] | None = None) -> None:

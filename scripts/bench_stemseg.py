@@ -28,8 +28,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import (
     DETECTIONS,
     NUM_CLASSES,
+    Stopwatch,
     canvas_frames,
     make_predictor,
     markdown_table,
-    sync,
+    time_interleaved,
     verdict,
 )
 from ovisnet.models.backbones import resnet_fpn
@@ -57,26 +56,6 @@ FORCED = {"fg_thresh": 0.0, "seed_thresh": 0.01}
 MASKTRACK, STEMSEG = "MaskTrack R-CNN", "STEm-Seg"
 
 
-class Timer:
-    """Accumulates the time spent in wrapped methods (the network part of a model)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.seconds = device, 0.0
-
-    def wrap(self, owner: object, name: str) -> None:
-        fn: Callable = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            sync(self.device)
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            sync(self.device)
-            self.seconds += time.perf_counter() - start
-            return out
-
-        setattr(owner, name, timed)
-
-
 def stream(
     models: dict[str, nn.Module],
     frames: list[torch.Tensor],
@@ -84,7 +63,8 @@ def stream(
     device: torch.device,
     clustering: ClusteringConfig,
 ) -> tuple[dict[str, float], int]:
-    """Push ``frames`` through one predictor per model, interleaved; seconds per model, tracks."""
+    """Push ``frames`` through one predictor per model, interleaved; seconds per model, and
+    the number of STEm-Seg tracks written."""
     predictors = {
         MASKTRACK: make_predictor(models[MASKTRACK], len(frames), size_hw),
         STEMSEG: ClipPredictor(
@@ -97,21 +77,8 @@ def stream(
             config=clustering,
         ),
     }
-    seconds = dict.fromkeys(models, 0.0)
-    names = list(models)
-    tracks = 0
-    for t, image in enumerate(frames):
-        for name in names if t % 2 == 0 else names[::-1]:
-            sync(device)
-            start = time.perf_counter()
-            predictors[name].push(image)
-            if t == len(frames) - 1:
-                results = predictors[name].finalize()
-                if name == STEMSEG:
-                    tracks = len(results)
-            sync(device)
-            seconds[name] += time.perf_counter() - start
-    return seconds, tracks
+    seconds, results = time_interleaved(predictors, frames, device)
+    return seconds, len(results[STEMSEG])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,14 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     models = {name: m.to(device).eval() for name, m in models.items()}
     clustering = ClusteringConfig(max_clusters=30, max_tracks=50, **(FORCED if args.forced else {}))
-    network = Timer(device)
+    network = Stopwatch(device)
     with torch.no_grad():
         stream(models, frames[:2], size_hw, device, clustering)  # warm-up video (untimed)
-        network.wrap(models[STEMSEG], "extract_features")
-        network.wrap(models[STEMSEG], "clip_outputs")
+        network.wrap(models[STEMSEG], "extract_features", "network")
+        network.wrap(models[STEMSEG], "clip_outputs", "network")
+        network.enabled = True
         seconds, tracks = stream(models, frames, size_hw, device, clustering)
     per_frame = {name: s / len(frames) for name, s in seconds.items()}
-    net = network.seconds / len(frames)
+    net = network.seconds["network"] / len(frames)
     rest = per_frame[STEMSEG] - net
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     forced = (

@@ -41,7 +41,10 @@ def num_categories(root: str, ann: str) -> int:
     return count_categories(path if path.is_absolute() else Path(root) / path)
 
 
-OmegaConf.register_new_resolver("ovisnet.num_categories", num_categories, replace=True)
+# cached: the file is read once per config, not at every access of data / model num_classes
+OmegaConf.register_new_resolver(
+    "ovisnet.num_categories", num_categories, replace=True, use_cache=True
+)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:

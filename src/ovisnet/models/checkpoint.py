@@ -125,30 +125,29 @@ def init_model(model: nn.Module, source: str | Path) -> LoadReport:
     """
     if str(source) != "coco":
         return load_coco_maskrcnn(model, source)
+    from_classifier = False  # an ImageNet classifier's keys go under backbone.body
     if hasattr(model, "rpn") and hasattr(model, "roi_heads"):
         _check_backbone(model, maskrcnn_resnet50_fpn, BACKBONE_MODULES)
         weights: WeightsEnum = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
-        path = _cached_file(weights)
-        state = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
-        report = _load(model, state, COCO_MODULES, "not a Mask R-CNN module")
+        prefixes, foreign = COCO_MODULES, "not a Mask R-CNN module"
     elif isinstance(model, SipMaskVIS):
         _check_backbone(model, fcos_resnet50_fpn, BACKBONE_MODULES)
         weights = FCOS_ResNet50_FPN_Weights.COCO_V1
-        path = _cached_file(weights)
-        state = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
-        report = _load(model, state, BACKBONE_MODULES, "FCOS head, not SipMask's: not loaded")
+        prefixes, foreign = BACKBONE_MODULES, "FCOS head, not SipMask's: not loaded"
     elif isinstance(model, STEmSeg):
         weights = _imagenet_weights(model)
-        path = _cached_file(weights)
-        state = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
-        # the classifier keeps its own name, outside the loaded prefix: reported as skipped
-        state = {k if k.startswith("fc.") else f"backbone.body.{k}": v for k, v in state.items()}
-        report = _load(model, state, ("backbone.body.",), "ImageNet classifier: not used")
+        prefixes, foreign = ("backbone.body.",), "ImageNet classifier: not used"
+        from_classifier = True
     else:
         raise TypeError(
             f"init_from=coco supports MaskTrackRCNN, SipMaskVIS and STEmSeg models, "
             f"not {type(model).__name__}"
         )
+    path = _cached_file(weights)
+    state = _read_state(path)
+    if from_classifier:  # its fc layer keeps its name, outside the prefix: reported as skipped
+        state = {k if k.startswith("fc.") else f"backbone.body.{k}": v for k, v in state.items()}
+    report = _load(model, state, prefixes, foreign)
     report.source = f"{path} ({type(weights).__name__}.{weights.name})"
     log.info("%s", report)
     return report
@@ -180,8 +179,7 @@ def load_coco_maskrcnn(model: nn.Module, path: str | Path) -> LoadReport:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COCO Mask R-CNN checkpoint not found: {path}")
-    state = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
-    report = _load(model, state, COCO_MODULES, "not a Mask R-CNN module")
+    report = _load(model, _read_state(path), COCO_MODULES, "not a Mask R-CNN module")
     report.source = str(path)
     log.info("%s", report)
     return report
@@ -281,6 +279,11 @@ def _fits(
 def _prefixes(keys: list[str]) -> list[str]:
     """The distinct first two name levels of ``keys``, in order (``backbone.body``, ...)."""
     return list(dict.fromkeys(".".join(k.split(".")[:2]) for k in keys))
+
+
+def _read_state(path: Path) -> dict[str, Tensor]:
+    """The state dict of a checkpoint file (tensors only, on the CPU)."""
+    return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def _unwrap(checkpoint: Mapping[str, object]) -> dict[str, Tensor]:

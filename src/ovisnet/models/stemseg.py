@@ -377,7 +377,8 @@ def downsample_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
     padded bottom/right), then average-pooled by 4 and thresholded at 0.5.
     """
     h, w = size
-    full = F.pad(masks.float(), (0, 4 * w - masks.shape[-1], 0, 4 * h - masks.shape[-2]))
+    s = OUTPUT_STRIDE
+    full = F.pad(masks.float(), (0, s * w - masks.shape[-1], 0, s * h - masks.shape[-2]))
     return F.avg_pool2d(full[:, None], OUTPUT_STRIDE)[:, 0] > 0.5
 
 
