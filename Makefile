@@ -8,10 +8,13 @@ STAMP := $(VENV)/.ovisnet-installed
 PYTEST_FAST := -m "not slow and not gpu and not data"
 DATA_DIR ?= data/synthetic
 EXP ?= cmasktrack_cpu
+# demo: the newest `make train` run's last checkpoint unless CKPT is given
+CKPT ?= $(firstword $(shell ls -t outputs/train/*/checkpoints/last.ckpt 2>/dev/null))
+INPUT ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-gpu lint format bench synthetic stats train clean
+.PHONY: help install test test-slow test-gpu lint format bench synthetic stats train demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +53,11 @@ stats: synthetic ## dataset statistics of the synthetic train split (plots in $(
 
 train: synthetic ## train $(EXP) (default: the CPU CMaskTrack preset on the synthetic set), evaluate, print the AP table
 	$(BIN)/python -m ovisnet.train experiment=$(EXP) $(ARGS)
+
+demo: install ## run CKPT (default: the newest `make train` run) on INPUT=VIDEO_OR_FRAME_FOLDER
+	@test -n "$(CKPT)" || { echo "make demo: no checkpoint: run 'make train' first or pass CKPT=path/to.ckpt"; exit 2; }
+	@test -n "$(INPUT)" || { echo "make demo: pass INPUT=video.mp4 (or a folder of frames), e.g. INPUT=$(DATA_DIR)/JPEGImages/video_0049"; exit 2; }
+	$(BIN)/python -m ovisnet.demo ckpt_path=$(CKPT) input=$(INPUT) $(ARGS)
 
 bench: install ## run the benchmarks (ratios measured side by side)
 	$(BIN)/python scripts/bench_correlation.py

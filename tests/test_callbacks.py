@@ -55,7 +55,7 @@ def test_overlay_frames_changes_exactly_the_masked_pixels():
     b[1, 0:4, 0:3] = True  # touches the image border: border pixels are contour
     colors = np.array([[255, 0, 0], [10, 200, 30]], dtype=np.uint8)
 
-    out = overlay_frames(frames, [a, b], colors, alpha=0.25)
+    out = overlay_frames(frames, [a, b], colors, alpha=0.25, border=1)
 
     assert out.dtype == np.uint8 and out.shape == frames.shape
     assert not np.shares_memory(out, frames)
@@ -82,7 +82,7 @@ def test_overlay_frames_later_track_wins_and_no_tracks_is_a_copy():
     a[0, 1:7, 1:7] = True
     b = np.zeros((1, 8, 8), dtype=bool)
     b[0, 3:6, 3:6] = True
-    out = overlay_frames(frames, [a, b], [[200, 0, 0], [0, 0, 200]], alpha=0.5)
+    out = overlay_frames(frames, [a, b], [[200, 0, 0], [0, 0, 200]], alpha=0.5, border=1)
     assert out[0, 4, 4].tolist() == [50, 50, 150]  # b's only interior pixel, over a's
     assert out[0, 3, 3].tolist() == [0, 0, 200]  # b's contour, over a's interior
     assert out[0, 2, 2].tolist() == [150, 50, 50]  # a's interior
@@ -200,12 +200,27 @@ def test_csv_logger_gets_png_contact_sheets_with_the_drawn_tracks(synthetic_root
             )
             mask = drawn.mask(t)
             mask = np.zeros((192, 320), bool) if mask is None else mask
-            # outside the one drawn track (score 0.9) nothing changes, even on the 0.1 tracks
-            assert np.array_equal(tile[~mask], raw[~mask])
+            # outside the one drawn track (score 0.9) only its label patch changes, even on
+            # the 0.1 tracks: a rectangle of the track's colour just above the mask's top-left
+            changed = np.any(tile != raw, axis=-1) & ~mask
             assert any(h.mask(t) is not None and (h.mask(t) & ~mask).any() for h in hidden)
-            inner = _inner(mask)
-            assert np.array_equal(tile[inner], _blend(raw[inner], color, 0.5))
-            assert np.all(tile[mask & ~inner] == color)
+            if not mask.any():
+                assert not changed.any()
+                continue
+            ys, xs = np.nonzero(changed)
+            top, left = np.nonzero(mask.any(axis=1))[0][0], np.nonzero(mask.any(axis=0))[0][0]
+            assert ys.min() >= top - 20 and ys.max() <= max(top, 20) + 20
+            assert xs.min() >= min(left, 320 - 80) and xs.max() < 320
+            patch = tile[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            assert np.mean(np.all(patch == color, axis=-1)) > 0.5  # the label's background
+            assert patch[..., 1].max() > 150  # light text on the red (G = 38) patch
+            # 2-pixel border (192 px high frames) in the track's colour, then the blended fill
+            inner = binary_erosion(mask, structure=CROSS, iterations=2, border_value=0)
+            band = mask & ~inner
+            label = np.zeros_like(mask)
+            label[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+            assert np.array_equal(tile[inner & ~label], _blend(raw[inner & ~label], color, 0.5))
+            assert np.all(tile[band & ~label] == color)
         assert any(drawn.mask(t) is not None and _inner(drawn.mask(t)).any() for t in range(4))
 
 

@@ -82,6 +82,10 @@ def test_cli_run_saves_config_checkpoints_and_results(cli_run):
     assert (cli_run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((cli_run / "checkpoints").glob("epoch*.ckpt"))) == 1
     assert (cli_run / "results" / "val_epoch000" / "results.zip").is_file()
+    # the category list travels with the weights (the demo runs without the dataset)
+    state = torch.load(cli_run / "checkpoints" / "last.ckpt", map_location="cpu", mmap=True)
+    names = [c["name"] for c in state["categories"]]
+    assert len(names) == 6 and names[0] == "disc"
 
 
 def test_eval_from_checkpoint_rebuilds_the_run_and_reproduces_its_validation(

@@ -1,15 +1,14 @@
 """Lightning callbacks of the VIS system: a few validation videos with their predicted masks.
 
-The drawing (:func:`overlay_frames`, :func:`contact_sheet`, :func:`encode_gif`) is plain numpy /
-Pillow so it can be tested without a trainer; :class:`ValidationVideoLogger` only picks the
-videos, renders them and hands them to each logger in the form that logger can show.
+The drawing is :mod:`ovisnet.visualization` (the renderer the demo uses too: one colour per
+track, wide borders, "#k class score" labels), plain numpy / Pillow so it can be tested without a
+trainer; :class:`ValidationVideoLogger` only picks the videos, renders them and hands them to
+each logger in the form that logger can show.
 """
 
 from __future__ import annotations
 
-import colorsys
 import io
-import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +22,23 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ovisnet.data.annotations import Video, VISAnnotations, to_compressed_rle
+from ovisnet.visualization import (
+    contact_sheet,
+    encode_gif,
+    overlay_frames,
+    track_colors,
+    track_label,
+)
 
-_GOLDEN = 0.618033988749895
+__all__ = [
+    "ValidationVideoLogger",
+    "contact_sheet",
+    "encode_gif",
+    "frame_indices",
+    "overlay_frames",
+    "render_video",
+    "track_colors",
+]
 
 
 def frame_indices(length: int, max_frames: int) -> list[int]:
@@ -39,115 +53,6 @@ def frame_indices(length: int, max_frames: int) -> list[int]:
     if n == 1:
         return [0]
     return [int(i) for i in np.rint(np.linspace(0, length - 1, n))]
-
-
-def track_colors(n: int) -> np.ndarray:
-    """``(n, 3)`` uint8 RGB colours, one per track index, the same for every call.
-
-    Hues step by the golden ratio so neighbouring indices are far apart on the colour wheel.
-    """
-    colors = [colorsys.hsv_to_rgb((i * _GOLDEN) % 1.0, 0.85, 1.0) for i in range(n)]
-    return np.rint(np.asarray(colors, dtype=np.float64).reshape(n, 3) * 255).astype(np.uint8)
-
-
-def _inner_contour(masks: np.ndarray) -> np.ndarray:
-    """Pixels of ``masks`` (``(T, H, W)`` bool) with a 4-neighbour outside the mask or image."""
-    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)), constant_values=False)
-    interior = (
-        padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:]
-    )
-    return masks & ~interior
-
-
-def overlay_frames(
-    frames: np.ndarray,
-    masks_per_track: Sequence[np.ndarray],
-    colors: np.ndarray | Sequence[Sequence[int]],
-    alpha: float = 0.5,
-) -> np.ndarray:
-    """Draw semi-transparent track masks with a one-pixel contour onto video frames.
-
-    A pixel covered by track ``k`` becomes ``round((1 - alpha) * frame + alpha * colors[k])``;
-    the mask's inner boundary (pixels with a 4-neighbour outside the mask) is painted
-    ``colors[k]`` opaque. Where tracks overlap, the later track in ``masks_per_track`` wins.
-    Pixels outside every mask are left unchanged.
-
-    Args:
-        frames: ``(T, H, W, 3)`` uint8 RGB frames.
-        masks_per_track: one ``(T, H, W)`` bool array per track (all False where absent).
-        colors: ``(K, 3)`` uint8 RGB colour per track, ``K == len(masks_per_track)``.
-        alpha: opacity of the mask fill in ``[0, 1]``.
-
-    Returns:
-        A new ``(T, H, W, 3)`` uint8 array.
-    """
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
-    if len(colors) != len(masks_per_track):
-        raise ValueError(f"{len(masks_per_track)} tracks but {len(colors)} colours")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    out = frames.copy()
-    if not masks_per_track:
-        return out
-    layer = np.zeros_like(frames)
-    covered = np.zeros(frames.shape[:3], dtype=bool)
-    edges = np.zeros(frames.shape[:3], dtype=bool)
-    for masks, color in zip(masks_per_track, colors, strict=True):
-        masks = np.asarray(masks, dtype=bool)
-        if masks.shape != frames.shape[:3]:
-            raise ValueError(f"track masks {masks.shape} do not match frames {frames.shape[:3]}")
-        layer[masks] = color
-        covered |= masks
-        edge = _inner_contour(masks)
-        edges[masks] = edge[masks]  # a later track's interior hides an earlier contour
-    blended = (1.0 - alpha) * frames[covered].astype(np.float64) + alpha * layer[covered]
-    out[covered] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    out[edges] = layer[edges]
-    return out
-
-
-def contact_sheet(frames: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile ``(T, H, W, 3)`` frames row by row into one image.
-
-    Tile ``t`` sits at row ``t // ncols``, column ``t % ncols``, with ``pad`` black pixels
-    between tiles (none around the sheet); unused cells of the last row stay black.
-
-    Args:
-        frames: ``(T, H, W, 3)`` uint8 frames, ``T >= 1``.
-        ncols: tiles per row; default ``ceil(sqrt(T))``.
-        pad: gap between tiles in pixels.
-
-    Returns:
-        ``(rows * H + (rows - 1) * pad, ncols * W + (ncols - 1) * pad, 3)`` uint8.
-    """
-    t, h, w, c = frames.shape
-    if t < 1:
-        raise ValueError("contact_sheet needs at least one frame")
-    ncols = min(t, ncols or math.ceil(math.sqrt(t)))
-    rows = math.ceil(t / ncols)
-    sheet = np.zeros((rows * h + (rows - 1) * pad, ncols * w + (ncols - 1) * pad, c), np.uint8)
-    for i, frame in enumerate(frames):
-        y, x = (i // ncols) * (h + pad), (i % ncols) * (w + pad)
-        sheet[y : y + h, x : x + w] = frame
-    return sheet
-
-
-def encode_gif(frames: np.ndarray, fps: int) -> bytes:
-    """Animated GIF (looping, ``fps`` frames per second) of ``(T, H, W, 3)`` uint8 frames."""
-    images = [Image.fromarray(f) for f in frames]
-    buf = io.BytesIO()
-    images[0].save(
-        buf,
-        format="GIF",
-        save_all=True,
-        append_images=images[1:],
-        duration=max(1, round(1000 / fps)),
-        loop=0,
-    )
-    return buf.getvalue()
 
 
 def _target_size(width: int, height: int, max_width: int) -> tuple[int, int]:
@@ -170,8 +75,8 @@ def render_video(
 
     Frames are :func:`frame_indices` of the video, resized (bilinear, masks nearest) to at most
     ``max_width`` pixels wide. Results of ``video`` with ``score >= min_score`` are drawn in
-    order of decreasing score with colour ``track_colors`` of that rank; the best track is
-    drawn on top.
+    order of decreasing score: the track of rank ``k`` (0-based) has colour ``track_colors`` of
+    ``k`` and the label ``"#<k+1> <category name> <score>"``; the best track is drawn on top.
 
     Args:
         ann: the split (with ``image_root``).
@@ -208,9 +113,17 @@ def render_video(
             masks[i] = mask.astype(bool)
         masks_per_track.append(masks)
     colors = track_colors(len(tracks))
+    names = {c.id: c.name for c in ann.categories}
+    labels = [
+        track_label(k + 1, names.get(r["category_id"]), r["score"]) for k, r in enumerate(tracks)
+    ]
     # best track drawn last (on top), each keeping the colour of its rank
     return overlay_frames(
-        np.stack(frames), masks_per_track[::-1], colors[::-1].reshape(-1, 3), alpha=alpha
+        np.stack(frames),
+        masks_per_track[::-1],
+        colors[::-1].reshape(-1, 3),
+        alpha=alpha,
+        labels=labels[::-1],
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,7 @@ class VISSystem(L.LightningModule):
         self.last_results_dir: Path | None = None
         self.last_eval_epoch: int | None = None
         self._warned_dead_calibration = False
+        self._warned_bad_frames: set[str] = set()
 
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: ClipBatch, batch_idx: int) -> torch.Tensor:
@@ -156,7 +158,28 @@ class VISSystem(L.LightningModule):
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         self._log_calibration_health(bs)
+        self._log_bad_samples(batch, bs)
         return total
+
+    def _log_bad_samples(self, batch: ClipBatch, batch_size: int) -> None:
+        """``data.bad_frames=skip``: warn once per bad frame, log ``train/bad_samples`` (the
+        samples replaced in the epoch, summed over ranks)."""
+        skipped = getattr(batch, "skipped", None)
+        if skipped is None:  # bad_frames=error: the batch has no such field
+            return
+        for message in dict.fromkeys(skipped):
+            if message not in self._warned_bad_frames:
+                self._warned_bad_frames.add(message)
+                warnings.warn(f"skipped a training sample: {message}", stacklevel=2)
+        self.log(
+            "train/bad_samples",
+            float(len(skipped)),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+            batch_size=batch_size,
+        )
 
     def _log_calibration_health(self, batch_size: int) -> None:
         """Log ``train/calibration/{offset_abs,share}`` and warn once if the calibration died."""
@@ -247,6 +270,18 @@ class VISSystem(L.LightningModule):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             states["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["rng_states"] = states
+        categories = self._categories()
+        if categories is not None:  # for inference without the dataset (python -m ovisnet.demo)
+            checkpoint["categories"] = categories
+
+    def _categories(self) -> list[dict[str, Any]] | None:
+        """``[{"id", "name"}]`` of the categories, in label order, from a loaded split."""
+        trainer = self._trainer  # None outside a Trainer (self.trainer would raise)
+        splits = getattr(getattr(trainer, "datamodule", None), "splits", None) or {}
+        for name in ("train", "val", "test"):
+            if name in splits:
+                return [{"id": c.id, "name": c.name} for c in splits[name].categories]
+        return None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the random generators saved by :meth:`on_save_checkpoint` (if any)."""
