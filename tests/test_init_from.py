@@ -178,3 +178,74 @@ def test_train_build_applies_init_from(tmp_path):
         )
     with pytest.raises(ValueError, match="ResNet-50 backbone with a 256-channel FPN"):
         build(cfg)
+
+
+# -- backbone.weights=imagenet ------------------------------------------------------------------
+
+
+def test_torchvision_backbone_takes_imagenet_weights_from_the_cache(hub):
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    with pytest.raises(FileNotFoundError) as info:
+        resnet_fpn("resnet18", out_channels=64, weights="imagenet")
+    message = str(info.value)
+    assert weights.url in message and "backbone.weights=null" in message
+    assert str(hub / "checkpoints") in message
+
+    torch.manual_seed(3)
+    imagenet = _marked(resnet18(weights=None).state_dict(), "conv1.weight")
+    path = _place(hub, weights, imagenet)
+    model = resnet_fpn("resnet18", out_channels=64, weights="imagenet", frozen_bn=False)
+    body = model.body.state_dict()
+    assert torch.all(body["conv1.weight"] == MARK)
+    assert all(torch.equal(v, imagenet[k]) for k, v in body.items() if k in imagenet)
+    # a path loads the same file; frozen BN takes the statistics too
+    frozen = resnet_fpn("resnet18", out_channels=64, weights=str(path))
+    assert torch.equal(frozen.body.state_dict()["bn1.running_var"], imagenet["bn1.running_var"])
+    with pytest.raises(ValueError, match="does not fit this backbone"):
+        resnet_fpn("resnet34", out_channels=64, weights=str(path))
+
+
+def test_timm_backbone_takes_its_weights_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+    import timm
+    from safetensors.torch import save_file
+
+    from ovisnet.models.backbones import TimmFPN
+
+    cache = tmp_path / "hf"
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(FileNotFoundError, match=r"timm/resnet18\.a1_in1k.*backbone\.weights=null"):
+        TimmFPN("resnet18", out_channels=32, weights="imagenet")
+
+    # the cache layout huggingface_hub writes: refs/main names the snapshot holding the file
+    torch.manual_seed(4)
+    state = _marked(timm.create_model("resnet18", pretrained=False).state_dict(), "conv1.weight")
+    repo = cache / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+
+    model = TimmFPN("resnet18", out_channels=32, weights="imagenet")
+    body = model.body.state_dict()
+    assert torch.all(body["conv1.weight"] == MARK)
+    assert all(torch.equal(v, state[k]) for k, v in body.items() if k in state)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        TimmFPN("resnet18", weights=str(tmp_path / "none.safetensors"))
+
+
+# -- which runs start from pretrained weights ---------------------------------------------------
+
+RECIPES = ["masktrack", "cmasktrack", "sipmask", "csipmask", "stemseg", "stemseg_x101"]
+CPU_PRESETS = ["cmasktrack_cpu", "csipmask_cpu", "stemseg_cpu"]
+
+
+@pytest.mark.parametrize("experiment", RECIPES + CPU_PRESETS)
+def test_paper_recipes_default_to_the_papers_initialisation(experiment):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", [f"experiment={experiment}"])
+    assert cfg.init_from == ("coco" if experiment in RECIPES else None)
+    assert cfg.model.backbone.weights is None  # the recipes' init_from covers the backbone

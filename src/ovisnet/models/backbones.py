@@ -10,16 +10,24 @@ Two pyramids, chosen by ``pyramid``:
 
 Both extractors expose ``out_channels`` and ``strides`` (one per returned level, in order); their
 submodules are named ``body`` and ``fpn`` like torchvision's, so COCO Mask R-CNN checkpoints load
-without renaming (:mod:`ovisnet.models.checkpoint`). No pretrained weights are downloaded.
+without renaming (:mod:`ovisnet.models.checkpoint`).
+
+``weights="imagenet"`` initialises the body from ImageNet: torchvision's ``IMAGENET1K_V1`` weights
+of that ResNet from torch hub's cache, or timm's default pretrained weights of that model from the
+Hugging Face cache. Nothing is downloaded: a missing file is an error naming the file to place
+and ``weights=null``. A path loads a local classifier checkpoint into the body instead.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from pathlib import Path
 from typing import Literal
 
 import timm
 from torch import Tensor, nn
+from torchvision.models import get_model_weights
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import (
@@ -28,6 +36,8 @@ from torchvision.ops.feature_pyramid_network import (
     LastLevelMaxPool,
     LastLevelP6P7,
 )
+
+log = logging.getLogger(__name__)
 
 FPN_STRIDES = (4, 8, 16, 32)
 """Strides of the levels ``'0'``..``'3'``; the Mask R-CNN heads and anchors assume them."""
@@ -58,6 +68,7 @@ def resnet_fpn(
     out_channels: int = 256,
     fpn_batch_norm: bool = False,
     pyramid: Pyramid = "p2p6",
+    weights: str | None = None,
 ) -> BackboneWithFPN:
     """A torchvision ResNet with an FPN (``resnet_fpn_backbone``, ``weights=None``).
 
@@ -76,6 +87,9 @@ def resnet_fpn(
             here) at which the box head's ReLUs die and the track logits explode.
         pyramid: ``"p2p6"`` (MaskTrack family) or ``"p3p7"`` (SipMask family), see the module
             docstring.
+        weights: ``None`` (random), ``"imagenet"`` (torchvision's ``IMAGENET1K_V1`` of ``name``
+            from torch hub's cache) or the path of a torchvision classifier state dict; loaded
+            into the body (the classifier's ``fc`` is dropped), the FPN stays fresh.
 
     Returns:
         torchvision ``BackboneWithFPN``: ``(B, 3, H, W)`` float → the pyramid's levels, each
@@ -100,7 +114,45 @@ def resnet_fpn(
         )
         model.out_channels = out_channels
     model.strides = PYRAMID_STRIDES[pyramid]
+    if weights is not None:
+        _load_body(model.body, _torchvision_weights_file(name, weights), weights)
     return model
+
+
+def _torchvision_weights_file(name: str, weights: str) -> Path:
+    if weights != "imagenet":
+        return Path(weights)
+    from ovisnet.models.checkpoint import cached_weights_file  # imports the models: lazily
+
+    try:
+        enum = get_model_weights(name)
+    except ValueError as exc:
+        raise ValueError(f"backbone.weights=imagenet: torchvision has no model {name!r}") from exc
+    if not hasattr(enum, "IMAGENET1K_V1"):
+        raise ValueError(
+            f"backbone.weights=imagenet: torchvision has no ImageNet weights of {name}"
+        )
+    return cached_weights_file(
+        enum.IMAGENET1K_V1, key="backbone.weights=imagenet", fallback="backbone.weights=null"
+    )
+
+
+def _load_body(body: nn.Module, path: Path, weights: str) -> None:
+    """Load a classifier state dict into ``body``; every body tensor must be set."""
+    from ovisnet.models.checkpoint import read_state
+
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone.weights={weights}: no such file {path}")
+    result = body.load_state_dict(read_state(path), strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(
+            f"backbone.weights={weights}: {path} does not fit this backbone; missing "
+            f"{len(missing)} tensors, e.g. {missing[:3]}"
+        )
+    log.info(
+        "backbone body initialised from %s (%d tensors unused)", path, len(result.unexpected_keys)
+    )
 
 
 class TimmFPN(nn.Module):
@@ -112,9 +164,12 @@ class TimmFPN(nn.Module):
         out_channels: FPN width.
         fpn_batch_norm: batch norm after every FPN convolution (see :func:`resnet_fpn`).
         pyramid: ``"p2p6"`` or ``"p3p7"`` (module docstring).
+        weights: ``None`` (random), ``"imagenet"`` (timm's default pretrained weights of
+            ``name``, from the Hugging Face cache) or a local weights file timm can load.
 
     Raises:
         ValueError: when the model's feature strides are not 4, 8, 16, 32.
+        FileNotFoundError: when the weights are not in the cache / the file does not exist.
     """
 
     def __init__(
@@ -124,9 +179,19 @@ class TimmFPN(nn.Module):
         out_channels: int = 256,
         fpn_batch_norm: bool = False,
         pyramid: Pyramid = "p2p6",
+        weights: str | None = None,
     ) -> None:
         super().__init__()
-        self.body = timm.create_model(name, pretrained=False, features_only=True)
+        if weights is None:
+            self.body = timm.create_model(name, pretrained=False, features_only=True)
+        else:
+            file = _timm_weights_file(name, weights)
+            self.body = timm.create_model(
+                name,
+                pretrained=True,
+                features_only=True,
+                pretrained_cfg_overlay={"file": str(file)},
+            )
         num_levels = len(self.body.feature_info)
         indices = tuple(range(num_levels - len(FPN_STRIDES), num_levels))
         reductions = tuple(self.body.feature_info.reduction()[i] for i in indices)
@@ -155,3 +220,32 @@ class TimmFPN(nn.Module):
         """
         features = self.body(x)
         return self.fpn(OrderedDict((str(k), features[i]) for k, i in enumerate(self.indices)))
+
+
+def _timm_weights_file(name: str, weights: str) -> Path:
+    """The local file of timm's default pretrained weights of ``name`` (never downloaded)."""
+    if weights != "imagenet":
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone.weights={weights}: no such file")
+        return path
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    if not repo:
+        raise ValueError(f"backbone.weights=imagenet: timm has no hub weights for {name!r}")
+    repo, _, revision = repo.partition("@")
+    files = ("model.safetensors", "pytorch_model.bin")
+    for filename in files:
+        found = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(found, str):
+            return Path(found)
+    raise FileNotFoundError(
+        f"backbone.weights=imagenet needs timm's {name} weights (Hugging Face repo {repo}), "
+        f"which are not in the Hugging Face cache {HF_HUB_CACHE}: on a machine with internet "
+        f"run `huggingface-cli download {repo} {files[0]}` (HF_HOME moves the cache) and copy "
+        f"the cache here, pass backbone.weights=/path/to/{files[0]}, or train from scratch with "
+        f"backbone.weights=null"
+    )

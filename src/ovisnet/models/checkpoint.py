@@ -143,8 +143,8 @@ def init_model(model: nn.Module, source: str | Path) -> LoadReport:
             f"init_from=coco supports MaskTrackRCNN, SipMaskVIS and STEmSeg models, "
             f"not {type(model).__name__}"
         )
-    path = _cached_file(weights)
-    state = _read_state(path)
+    path = cached_weights_file(weights)
+    state = read_state(path)
     if from_classifier:  # its fc layer keeps its name, outside the prefix: reported as skipped
         state = {k if k.startswith("fc.") else f"backbone.body.{k}": v for k, v in state.items()}
     report = _load(model, state, prefixes, foreign)
@@ -179,7 +179,7 @@ def load_coco_maskrcnn(model: nn.Module, path: str | Path) -> LoadReport:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COCO Mask R-CNN checkpoint not found: {path}")
-    report = _load(model, _read_state(path), COCO_MODULES, "not a Mask R-CNN module")
+    report = _load(model, read_state(path), COCO_MODULES, "not a Mask R-CNN module")
     report.source = str(path)
     log.info("%s", report)
     return report
@@ -212,8 +212,15 @@ def _load(
     return report
 
 
-def _cached_file(weights: WeightsEnum) -> Path:
+def cached_weights_file(
+    weights: WeightsEnum, key: str = "init_from=coco", fallback: str = "init_from=null"
+) -> Path:
     """The file of ``weights`` in torch hub's cache, where ``weights.get_state_dict()`` puts it.
+
+    Args:
+        weights: torchvision weights.
+        key: the setting that asked for them, named in the error.
+        fallback: the setting that trains without them, named in the error.
 
     Raises:
         FileNotFoundError: when it is not there (nothing is downloaded).
@@ -221,10 +228,10 @@ def _cached_file(weights: WeightsEnum) -> Path:
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     if not path.is_file():
         raise FileNotFoundError(
-            f"init_from=coco needs {type(weights).__name__}.{weights.name}, which is not in "
+            f"{key} needs {type(weights).__name__}.{weights.name}, which is not in "
             f"torch hub's cache: place the file {weights.url} at {path} (download it on a "
             f"machine with internet; TORCH_HOME moves the cache), or train from scratch with "
-            f"init_from=null"
+            f"{fallback}"
         )
     return path
 
@@ -281,7 +288,7 @@ def _prefixes(keys: list[str]) -> list[str]:
     return list(dict.fromkeys(".".join(k.split(".")[:2]) for k in keys))
 
 
-def _read_state(path: Path) -> dict[str, Tensor]:
+def read_state(path: Path) -> dict[str, Tensor]:
     """The state dict of a checkpoint file (tensors only, on the CPU)."""
     return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
 
