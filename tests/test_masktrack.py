@@ -488,3 +488,48 @@ def test_bf16_autocast_keeps_boxes_and_losses_in_float32(batch):
         assert det.boxes.dtype == det.scores.dtype == det.masks.dtype == torch.float32
     sum(losses.values()).backward()
     assert_all_gradients(model)
+
+
+def test_batched_references_equal_the_per_reference_loop(batch):
+    # the real calibration (correlation + deformable conv), three distinct references
+    model = make_model(TemporalFeatureCalibration(CHANNELS, hidden_channels=16)).eval()
+    model.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        query = model.extract_features(batch.images[:, 0], SIZES)
+        ref = model.extract_features(batch.images[:, 1], SIZES)
+        refs = [ref, {k: v.flip(-1) for k, v in ref.items()}, {k: 0.5 * v for k, v in ref.items()}]
+        batched = model.detect(query, SIZES, refs)
+        # the paper's rule written as a loop: heads once per calibrated reference, then the mean
+        canvas = (H, W)
+        proposals = model._rpn(query, canvas, SIZES).proposals
+        looped = model.roi_heads.detect(
+            [model.calibrate(query, r) for r in refs], proposals, canvas, SIZES
+        )
+    assert len(batched[0]) > 10
+    _assert_same_detections(batched, looped)
+
+
+def test_feature_fusion_averages_the_calibrated_maps_and_runs_the_heads_once(batch):
+    model = make_model(TemporalFeatureCalibration(CHANNELS, hidden_channels=16)).eval()
+    model.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        query = model.extract_features(batch.images[:, 0], SIZES)
+        ref = model.extract_features(batch.images[:, 1], SIZES)
+        refs = [ref, {k: v.flip(-1) for k, v in ref.items()}]
+        papers = model.detect(query, SIZES, refs)
+        model.reference_fusion = "features"
+        fused = model.detect(query, SIZES, refs)
+        one = model.detect(query, SIZES, [ref])  # one reference: both rules agree
+        model.reference_fusion = "predictions"
+        _assert_same_detections(one, model.detect(query, SIZES, [ref]))
+        calibrated = [model.calibrate(query, r) for r in refs]
+        mean = {k: (calibrated[0][k] + calibrated[1][k]) / 2 for k in calibrated[0]}
+        canvas = (H, W)
+        proposals = model._rpn(query, canvas, SIZES).proposals
+        expected = model.roi_heads.detect([mean], proposals, canvas, SIZES)
+    _assert_same_detections(fused, expected)
+    assert not torch.allclose(fused[0].scores[:5], papers[0].scores[:5])  # another rule
+    with pytest.raises(ValueError, match="reference_fusion"):
+        MaskTrackRCNN(
+            TimmFPN("resnet18", out_channels=CHANNELS), num_classes=3, reference_fusion="x"
+        )

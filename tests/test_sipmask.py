@@ -314,3 +314,27 @@ def test_p3p7_backbones_return_five_levels_at_strides_8_to_128():
         assert all(x.shape[1] == 16 for x in levels.values())
     with pytest.raises(ValueError, match="pyramid"):
         resnet_fpn("resnet18", pyramid="p2p7")
+
+
+def test_batched_references_equal_the_per_reference_loop_and_feature_fusion():
+    model = _model(calibration=True, score_thresh=0.0, detections_per_img=20).eval()
+    batch = _batch([(1, 1), (2, 2)])
+    with torch.no_grad():
+        query, ref = _features(model, batch, 0), _features(model, batch, 1)
+        refs = [ref, {k: v.flip(-1) for k, v in ref.items()}, query]
+        out = model.head_outputs(query, refs)
+        singles = [model.head(list(model.calibrate(query, r).values())) for r in refs]
+        for name in ("cls", "reg", "centerness", "coef"):
+            for level, got in enumerate(getattr(out, name)):
+                expected = sum(getattr(s, name)[level] for s in singles) / 3
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.basis, sum(s.basis for s in singles) / 3)
+
+        model.reference_fusion = "features"
+        fused = model.head_outputs(query, refs)
+        calibrated = [model.calibrate(query, r) for r in refs]
+        mean = [sum(c[k] for c in calibrated) / 3 for k in query]
+        expected = model.head(mean)
+        torch.testing.assert_close(fused.cls[0], expected.cls[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fused.basis, expected.basis, rtol=1e-5, atol=1e-5)
+        assert len(model.detect(query, batch.image_sizes, refs)[0]) == 20

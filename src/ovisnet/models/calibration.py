@@ -213,3 +213,62 @@ class TemporalFeatureCalibration(nn.Module):
             f"dilation_patch={self.dilation_patch}, fusion={self.fusion!r}, "
             f"correlation_backend={self.correlation_backend!r}"
         )
+
+
+# -- several references at inference (SPEC §3.3, §6) --------------------------------------------
+
+ReferenceFusion = Literal["predictions", "features"]
+REFERENCE_FUSIONS: tuple[str, ...] = ("predictions", "features")
+"""How a calibrated model combines its ε_test references at inference: ``predictions`` (the
+papers': the heads run on the query calibrated by each reference and their raw outputs are
+averaged) or ``features`` (the calibrated feature maps are averaged and the heads run once)."""
+
+
+def check_reference_fusion(fusion: str) -> ReferenceFusion:
+    """``fusion`` if it is one of :data:`REFERENCE_FUSIONS`, else a ``ValueError``."""
+    if fusion not in REFERENCE_FUSIONS:
+        raise ValueError(f"reference_fusion must be one of {REFERENCE_FUSIONS}, got {fusion!r}")
+    return fusion  # type: ignore[return-value]
+
+
+def calibrate_references(
+    calibration: nn.Module,
+    query: Mapping[str, Tensor],
+    references: Sequence[Mapping[str, Tensor]],
+    keys: Sequence[str] | None = None,
+) -> dict[str, Tensor]:
+    """The query calibrated by every reference, in one batched call per level.
+
+    Equal (to float tolerance) to ``calibration(query[k], ref[k])`` for each reference, but the
+    ``R`` references ride along the batch dimension: one correlation, one offset branch and one
+    deformable convolution per level instead of ``R`` of each.
+
+    Args:
+        calibration: the :class:`TemporalFeatureCalibration` (any module with
+            ``forward(query, reference)`` on one level).
+        query: levels of the query frames, batch ``B``.
+        references: ``R >= 1`` feature dicts of the reference frames, batch ``B`` each.
+        keys: the levels to calibrate (default every level of ``query``, in its order).
+
+    Returns:
+        ``{key: (R * B, C, H, W)}``, reference-major: row ``r * B + i`` is image ``i``
+        calibrated by reference ``r``; :func:`reference_mean` averages over ``r``.
+    """
+    if not references:
+        raise ValueError("calibrate_references needs at least one reference")
+    num_refs = len(references)
+    out = {}
+    for key in keys if keys is not None else list(query):
+        level = query[key]
+        stacked_query = level.expand(num_refs, *level.shape).reshape(-1, *level.shape[1:])
+        stacked_refs = torch.cat([ref[key] for ref in references])
+        out[key] = calibration(stacked_query, stacked_refs)
+    return out
+
+
+def reference_mean(stacked: Tensor, num_refs: int) -> Tensor:
+    """Uniform mean over the references of a reference-major ``(R * N, ...)`` tensor → ``(N, ...)``
+    (in float32: the averaged logits feed decoding and NMS)."""
+    if stacked.shape[0] % num_refs:
+        raise ValueError(f"{stacked.shape[0]} rows are not a multiple of {num_refs} references")
+    return stacked.float().view(num_refs, -1, *stacked.shape[1:]).mean(dim=0)

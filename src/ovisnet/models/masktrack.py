@@ -3,10 +3,11 @@
 CMaskTrack R-CNN is MaskTrack R-CNN with a ``calibration`` module (Temporal Feature
 Calibration): the RPN and the track head read the uncalibrated query features, the box and mask
 heads read ``calibration(query, reference)`` applied level by level to P2–P5 (SPEC §3.2). At test
-time the box and mask heads run once per reference frame and their logits/deltas are averaged
-(SPEC §3.3). Tracking (association with a memory) lives in :mod:`ovisnet.tracking`; the model
-exposes detections (:meth:`MaskTrackRCNN.detect`) and track embeddings
-(:meth:`MaskTrackRCNN.embed`).
+time the box and mask heads run on the query calibrated by each reference (all references in one
+batch) and their logits/deltas are averaged (SPEC §3.3); ``reference_fusion="features"`` averages
+the calibrated maps instead and runs the heads once. Tracking (association with a memory) lives
+in :mod:`ovisnet.tracking`; the model exposes detections (:meth:`MaskTrackRCNN.detect`) and
+track embeddings (:meth:`MaskTrackRCNN.embed`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from torchvision.models.detection.rpn import (
 )
 
 from ovisnet.models.backbones import FPN_STRIDES
+from ovisnet.models.calibration import (
+    ReferenceFusion,
+    calibrate_references,
+    check_reference_fusion,
+    reference_mean,
+)
 from ovisnet.models.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -101,6 +108,9 @@ class MaskTrackRCNN(VideoDetector):
             (the official code's ``detach_ref``, off there and by default). The calibration and
             the track head still learn from the reference features; the backbone learns from
             the query frame only, and its backward pass runs on half the frames.
+        reference_fusion: how inference combines the ε_test references (calibrated models):
+            ``"predictions"`` (the paper's: box and mask heads once per reference, logits
+            averaged) or ``"features"`` (calibrated maps averaged, heads once: faster).
     """
 
     def __init__(
@@ -115,6 +125,7 @@ class MaskTrackRCNN(VideoDetector):
         pixel_mean: tuple[float, float, float] = IMAGENET_MEAN,
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
         detach_reference: bool = False,
+        reference_fusion: ReferenceFusion = "predictions",
     ) -> None:
         super().__init__(
             backbone,
@@ -122,6 +133,7 @@ class MaskTrackRCNN(VideoDetector):
             pixel_std=pixel_std,
             detach_reference=detach_reference,
         )
+        self.reference_fusion = check_reference_fusion(reference_fusion)
         channels = backbone.out_channels
         rpn_cfg = rpn or RPNConfig()
         anchors = AnchorGenerator(
@@ -218,11 +230,14 @@ class MaskTrackRCNN(VideoDetector):
         """Detect and segment objects in query frames (SPEC §2.3 step 1, §3.3).
 
         The RPN runs once on the uncalibrated query features. With a calibration module and
-        references, the box head runs on ``calibrate(query, r)`` for every reference ``r`` and
-        the class logits and box deltas are averaged (uniform mean) before decoding, class-wise
-        NMS, the score threshold and the per-image cap; the mask logits of the final boxes are
-        averaged the same way. Without references (a one-frame video) or without a calibration
-        module the heads read the query features themselves.
+        references, the query is calibrated by every reference in one batched call
+        (:func:`~ovisnet.models.calibration.calibrate_references`); with
+        ``reference_fusion="predictions"`` the box head then runs once over the stacked
+        calibrations and the class logits and box deltas are averaged over the references
+        (uniform mean) before decoding, class-wise NMS, the score threshold and the per-image
+        cap; the mask logits of the final boxes are averaged the same way. With ``"features"``
+        the calibrated maps are averaged and the heads run once. Without references (a
+        one-frame video) or without a calibration module the heads read the query features.
 
         Args:
             query_feats: :meth:`extract_features` of the query frames (batch ``B``).
@@ -239,10 +254,13 @@ class MaskTrackRCNN(VideoDetector):
         canvas = _canvas_size(query_feats)
         proposals = self._rpn(query_feats, canvas, image_sizes).proposals
         if self.calibration is None or not reference_feats:
-            head_features = [query_feats]
-        else:
-            head_features = [self.calibrate(query_feats, ref) for ref in reference_feats]
-        return self.roi_heads.detect(head_features, proposals, canvas, image_sizes)
+            return self.roi_heads.detect([query_feats], proposals, canvas, image_sizes)
+        num_refs = len(reference_feats)
+        stacked = calibrate_references(self.calibration, query_feats, reference_feats, ROI_LEVELS)
+        if self.reference_fusion == "features":
+            fused = {k: reference_mean(v, num_refs) for k, v in stacked.items()}
+            return self.roi_heads.detect([fused], proposals, canvas, image_sizes)
+        return self.roi_heads.detect([stacked], proposals, canvas, image_sizes, repeats=num_refs)
 
     def embed(self, features: FeatureMaps, boxes: list[Tensor]) -> list[Tensor]:
         """Track embeddings of boxes: 7x7 RoIAlign of the uncalibrated features + track head.

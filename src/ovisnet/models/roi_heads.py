@@ -30,6 +30,7 @@ from torchvision.models.detection.roi_heads import (
 )
 from torchvision.ops import MultiScaleRoIAlign
 
+from ovisnet.models.calibration import reference_mean
 from ovisnet.structures import FeatureMaps, Instances
 
 ROI_LEVELS = ["0", "1", "2", "3"]
@@ -175,50 +176,66 @@ class MaskTrackRoIHeads(RoIHeads):
         return SampledRoIs(boxes, matched_idxs, labels, regression_targets)
 
     def box_predictions(
-        self, features: list[FeatureMaps], boxes: list[Tensor], canvas: tuple[int, int]
+        self,
+        features: list[FeatureMaps],
+        boxes: list[Tensor],
+        canvas: tuple[int, int],
+        repeats: int = 1,
     ) -> tuple[Tensor, Tensor]:
         """Class logits and box deltas, averaged over feature dicts (SPEC §3.3 step 4).
 
         Args:
-            features: one or more feature dicts (levels ``'0'``..``'3'``, batch ``B``).
-            boxes: per image ``(K_i, 4)`` RoIs, xyxy canvas pixels.
+            features: one or more feature dicts (levels ``'0'``..``'3'``, batch ``B``; with
+                ``repeats = R``, batch ``R * B``, reference-major as
+                :func:`~ovisnet.models.calibration.calibrate_references` stacks them).
+            boxes: per image ``(K_i, 4)`` RoIs, xyxy canvas pixels (``B`` entries).
             canvas: ``(H, W)`` of the padded input images.
+            repeats: how many stacked copies of the batch each feature dict holds; every copy
+                pools the same boxes and the outputs are averaged over the copies too.
 
         Returns:
             ``(ΣK_i, C + 1)`` class logits and ``(ΣK_i, 4 (C + 1))`` box deltas: the uniform mean
-            over ``features``.
+            over ``features`` (and their ``repeats``), in float32.
         """
         if not features:
             raise ValueError("box_predictions needs at least one feature dict")
+        rois = list(boxes) * repeats  # image i of copy r is batch row r * B + i
         outputs = [
-            self.box_predictor(self.box_head(self.box_roi_pool(f, boxes, [canvas] * len(boxes))))
+            self.box_predictor(self.box_head(self.box_roi_pool(f, rois, [canvas] * len(rois))))
             for f in features
         ]
         # float32 from here on (bf16 autocast): decoding, NMS and the losses need the precision
-        class_logits = torch.stack([o[0].float() for o in outputs]).mean(dim=0)
-        box_deltas = torch.stack([o[1].float() for o in outputs]).mean(dim=0)
+        class_logits = _mean([o[0] for o in outputs], repeats)
+        box_deltas = _mean([o[1] for o in outputs], repeats)
         return class_logits, box_deltas
 
     def mask_logits(
-        self, features: list[FeatureMaps], boxes: list[Tensor], canvas: tuple[int, int]
+        self,
+        features: list[FeatureMaps],
+        boxes: list[Tensor],
+        canvas: tuple[int, int],
+        repeats: int = 1,
     ) -> Tensor:
         """Mask logits, averaged over feature dicts (SPEC §3.3 step 6).
 
         Args:
-            features: one or more feature dicts (levels ``'0'``..``'3'``, batch ``B``).
+            features: one or more feature dicts (levels ``'0'``..``'3'``, batch ``B``, or
+                ``repeats * B`` as in :meth:`box_predictions`).
             boxes: per image ``(K_i, 4)`` boxes, xyxy canvas pixels.
             canvas: ``(H, W)`` of the padded input images.
+            repeats: stacked copies of the batch per feature dict (see :meth:`box_predictions`).
 
         Returns:
-            ``(ΣK_i, C + 1, 28, 28)`` logits, the uniform mean over ``features``.
+            ``(ΣK_i, C + 1, 28, 28)`` logits, the uniform mean over ``features``, in float32.
         """
         if not features:
             raise ValueError("mask_logits needs at least one feature dict")
+        rois = list(boxes) * repeats
         logits = [
-            self.mask_predictor(self.mask_head(self.mask_roi_pool(f, boxes, [canvas] * len(boxes))))
+            self.mask_predictor(self.mask_head(self.mask_roi_pool(f, rois, [canvas] * len(rois))))
             for f in features
         ]
-        return torch.stack([x.float() for x in logits]).mean(dim=0)
+        return _mean(logits, repeats)
 
     def losses(
         self,
@@ -263,14 +280,17 @@ class MaskTrackRoIHeads(RoIHeads):
         proposals: list[Tensor],
         canvas: tuple[int, int],
         image_sizes: list[tuple[int, int]],
+        repeats: int = 1,
     ) -> list[Instances]:
         """Detections from logits averaged over feature dicts (SPEC §2.3 step 1, §3.3).
 
         Args:
-            features: one or more feature dicts (levels ``'0'``..``'3'``, batch ``B``).
+            features: one or more feature dicts (levels ``'0'``..``'3'``, batch ``B``, or
+                ``repeats * B``: the query calibrated by each of ``repeats`` references).
             proposals: per image ``(R_i, 4)`` xyxy canvas pixels.
             canvas: ``(H, W)`` of the padded input images.
             image_sizes: per image valid ``(h, w)``; boxes are clipped to it.
+            repeats: stacked copies of the batch per feature dict (:meth:`box_predictions`).
 
         Returns:
             Per image :class:`Instances` sorted by score: ``boxes (N, 4)`` xyxy canvas pixels,
@@ -278,11 +298,11 @@ class MaskTrackRoIHeads(RoIHeads):
             (N, 28, 28)`` float mask probabilities of the predicted class inside each box
             (paste them with :func:`ovisnet.models.masktrack.paste_masks`).
         """
-        class_logits, box_deltas = self.box_predictions(features, proposals, canvas)
+        class_logits, box_deltas = self.box_predictions(features, proposals, canvas, repeats)
         boxes, scores, labels = self.postprocess_detections(
             class_logits, box_deltas, proposals, image_sizes
         )
-        probs = maskrcnn_inference(self.mask_logits(features, boxes, canvas), labels)
+        probs = maskrcnn_inference(self.mask_logits(features, boxes, canvas, repeats), labels)
         return [
             Instances(
                 boxes=b,
@@ -293,3 +313,9 @@ class MaskTrackRoIHeads(RoIHeads):
             )
             for b, s, lb, p in zip(boxes, scores, labels, probs, strict=True)
         ]
+
+
+def _mean(outputs: list[Tensor], repeats: int) -> Tensor:
+    """Uniform float32 mean over a list of outputs, each stacking ``repeats`` copies
+    reference-major (``(repeats * N, ...)``): their concatenation is reference-major too."""
+    return reference_mean(torch.cat(outputs), len(outputs) * repeats)

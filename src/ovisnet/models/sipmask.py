@@ -21,6 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou, clip_boxes_to_image, sigmoid_focal_loss
 
+from ovisnet.models.calibration import (
+    ReferenceFusion,
+    calibrate_references,
+    check_reference_fusion,
+    reference_mean,
+)
 from ovisnet.models.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -105,25 +111,21 @@ class HeadOutputs:
     coef: list[Tensor]
     basis: Tensor
 
-    @staticmethod
-    def mean(outputs: list[HeadOutputs]) -> HeadOutputs:
-        """Uniform mean of every raw output (CSipMask's fusion over references, SPEC §6)."""
-        if len(outputs) == 1:
-            return outputs[0]
+    def reference_mean(self, num_refs: int) -> HeadOutputs:
+        """Uniform mean over references of outputs whose batch stacks ``num_refs`` copies
+        reference-major (CSipMask's fusion over references, SPEC §6), in float32."""
+        if num_refs == 1:
+            return self
 
-        def avg(tensors: list[Tensor]) -> Tensor:
-            return torch.stack(tensors).mean(0)
-
-        def per_level(name: str) -> list[Tensor]:
-            levels = zip(*(getattr(o, name) for o in outputs), strict=True)
-            return [avg(list(level)) for level in levels]
+        def per_level(tensors: list[Tensor]) -> list[Tensor]:
+            return [reference_mean(t, num_refs) for t in tensors]
 
         return HeadOutputs(
-            per_level("cls"),
-            per_level("reg"),
-            per_level("centerness"),
-            per_level("coef"),
-            avg([o.basis for o in outputs]),
+            per_level(self.cls),
+            per_level(self.reg),
+            per_level(self.centerness),
+            per_level(self.coef),
+            reference_mean(self.basis, num_refs),
         )
 
 
@@ -244,6 +246,9 @@ class SipMaskVIS(VideoDetector):
         pixel_std: RGB standard deviation the pixels are divided by.
         detach_reference: in training, run the reference frame's backbone without gradient.
         mask_thresh: probability above which a pasted pixel belongs to a mask.
+        reference_fusion: how inference combines the ε_test references (calibrated models):
+            ``"predictions"`` (the paper's: the head once per reference, raw outputs averaged)
+            or ``"features"`` (calibrated maps averaged, head once: faster).
     """
 
     def __init__(
@@ -258,6 +263,7 @@ class SipMaskVIS(VideoDetector):
         pixel_std: tuple[float, float, float] = IMAGENET_STD,
         detach_reference: bool = False,
         mask_thresh: float = 0.5,
+        reference_fusion: ReferenceFusion = "predictions",
     ) -> None:
         super().__init__(
             backbone,
@@ -281,6 +287,7 @@ class SipMaskVIS(VideoDetector):
         self.head = SipMaskHead(channels, num_classes, len(strides), self.config)
         self.track_head = SipMaskTrackBranch(channels, self.config.track_dim)
         self.calibration = calibration
+        self.reference_fusion = check_reference_fusion(reference_fusion)
 
     # -- features -------------------------------------------------------------------------------
     def calibrate(self, query: FeatureMaps, reference: FeatureMaps) -> FeatureMaps:
@@ -292,12 +299,20 @@ class SipMaskVIS(VideoDetector):
     def head_outputs(
         self, query: FeatureMaps, reference_feats: list[FeatureMaps] | None = None
     ) -> HeadOutputs:
-        """Raw head outputs; with a calibration module, averaged over the references."""
+        """Raw head outputs; with a calibration module, fused over the references.
+
+        The query is calibrated by every reference in one batched call; ``reference_fusion``
+        ``"predictions"`` runs the head once over the stacked calibrations and averages its raw
+        outputs over the references, ``"features"`` averages the calibrated maps and runs the
+        head once.
+        """
         if self.calibration is None or not reference_feats:
             return self.head(list(query.values()))
-        return HeadOutputs.mean(
-            [self.head(list(self.calibrate(query, ref).values())) for ref in reference_feats]
-        )
+        num_refs = len(reference_feats)
+        stacked = calibrate_references(self.calibration, query, reference_feats)
+        if self.reference_fusion == "features":
+            return self.head([reference_mean(v, num_refs) for v in stacked.values()])
+        return self.head(list(stacked.values())).reference_mean(num_refs)
 
     def track_map(self, features: FeatureMaps) -> Tensor:
         """``(B, D, H / 8, W / 8)`` tracking map from uncalibrated features."""
@@ -443,9 +458,10 @@ class SipMaskVIS(VideoDetector):
         """Detect and segment objects in query frames (SPEC §5.3, §6).
 
         With a calibration module and references, the head runs on ``calibrate(query, r)`` for
-        every reference ``r`` and its raw outputs (class logits, regression, centerness logits,
-        coefficients, basis) are averaged before decoding, Fast NMS and mask assembly. Without
-        references (a one-frame video) or without calibration the head reads the query itself.
+        every reference ``r`` (all in one batch) and its raw outputs (class logits, regression,
+        centerness logits, coefficients, basis) are averaged before decoding, Fast NMS and mask
+        assembly (``reference_fusion="features"``: the calibrated maps are averaged instead).
+        Without references (a one-frame video) or without calibration the head reads the query.
 
         Args:
             query_feats: :meth:`extract_features` of the query frames (batch ``B``).
