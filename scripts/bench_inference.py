@@ -2,8 +2,12 @@
 
 Part ``speed``: torchvision Mask R-CNN, MaskTrack R-CNN and CMaskTrack R-CNN (TFC, 256 channels,
 eps_test 3) on ResNet-50-FPN with random weights, 25 classes (OVIS), eval mode, no grad, one
-640x360 frame at a time (canvas 640x384), measured in one process with the three models
-interleaved frame by frame (the order rotates every frame). Torchvision's model runs its whole
+640x360 frame at a time (canvas 640x384), measured in one process with the models interleaved
+frame by frame (the order rotates every frame). CMaskTrack runs three ways with the same weights:
+the paper's rule with the references in one batch (the model's default), the same rule with
+the per-reference loop this project ran before (:class:`LoopedReferences`, kept here only to
+measure the batching), and ``reference_fusion="features"`` (calibrated maps averaged, heads
+once). Torchvision's model runs its whole
 ``forward`` (transform, postprocess, float masks pasted at the image size); ours run through
 :class:`~ovisnet.tracking.predictor.VideoPredictor`, one ``push`` per frame (backbone once,
 detect, embed, track, paste, RLE). Every score threshold is 0, so all three keep
@@ -12,8 +16,8 @@ torchvision model so the proposal and NMS workloads match. After the timed frame
 frames run instrumented (each stage timed separately) for a per-stage breakdown.
 
 Part ``rss``: each light CPU preset (``experiment=cmasktrack_cpu`` and ``csipmask_cpu``:
-ResNet-18, 64-channel FPN, calibration hidden 64, 30 detections; CSipMask at score threshold 0
-so that its random weights keep detections; ``stemseg_cpu`` with every pixel foreground and a
+ResNet-18, 64-channel FPN, calibration hidden 64, 30 detections, both at score threshold 0 so
+that their random weights keep detections and tracks are written; ``stemseg_cpu`` with every pixel foreground and a
 seed candidate, so that each sub-clip forms its 30 clusters) streams a whole synthetic 320x192
 video through its family's predictor (``VISSystem.make_predictor``: ``VideoPredictor`` with
 eps_test 3, or ``ClipPredictor``), frames read from disk one at a time by the eval dataloader
@@ -53,7 +57,7 @@ from ovisnet.data.synthetic import generate
 from ovisnet.models.backbones import resnet_fpn
 from ovisnet.models.calibration import TemporalFeatureCalibration
 from ovisnet.models.checkpoint import COCO_MODULES
-from ovisnet.models.masktrack import MaskTrackRCNN, RPNConfig
+from ovisnet.models.masktrack import MaskTrackRCNN, RPNConfig, _canvas_size
 from ovisnet.models.roi_heads import RCNNConfig
 from ovisnet.structures import collate_clips
 from ovisnet.tracking.association import MatchWeights
@@ -68,11 +72,14 @@ EPS_TEST = 3
 TARGET_CALIBRATION = 1.6  # CMaskTrack / MaskTrack
 TARGET_MASKTRACK = 1.15  # MaskTrack / torchvision Mask R-CNN
 TARGET_RSS = 1.15  # peak RSS, long / short video
-MODELS = ("torchvision", "masktrack", "cmasktrack")
+TARGET_FEATURES = 0.6  # CMaskTrack reference_fusion=features / predictions
+MODELS = ("torchvision", "masktrack", "cmasktrack", "cmasktrack_loop", "cmasktrack_features")
 LABELS = {
     "torchvision": "torchvision Mask R-CNN",
     "masktrack": "MaskTrack R-CNN",
-    "cmasktrack": f"CMaskTrack R-CNN (eps_test={EPS_TEST})",
+    "cmasktrack": f"CMaskTrack R-CNN (eps_test={EPS_TEST}, batched references)",
+    "cmasktrack_loop": f"CMaskTrack R-CNN (eps_test={EPS_TEST}, per-reference loop)",
+    "cmasktrack_features": f"CMaskTrack R-CNN (eps_test={EPS_TEST}, reference_fusion=features)",
 }
 
 
@@ -169,20 +176,48 @@ def build_torchvision() -> nn.Module:
     ).eval()
 
 
-def build_ours(calibrated: bool, detection_state: dict[str, Tensor]) -> MaskTrackRCNN:
+class LoopedReferences(MaskTrackRCNN):
+    """CMaskTrack R-CNN with the per-reference loop (one calibration call and one pass of each
+    head per reference): the paper's rule as this project ran it before the references were
+    batched, kept in the benchmark to measure what batching saves."""
+
+    @torch.no_grad()
+    def detect(
+        self,
+        query_feats: dict[str, Tensor],
+        image_sizes: list[tuple[int, int]],
+        reference_feats: list[dict[str, Tensor]] | None = None,
+    ) -> Any:
+        if self.calibration is None or not reference_feats:
+            return super().detect(query_feats, image_sizes, reference_feats)
+        canvas = _canvas_size(query_feats)
+        proposals = self._rpn(query_feats, canvas, image_sizes).proposals
+        calibrated = [self.calibrate(query_feats, r) for r in reference_feats]
+        return self.roi_heads.detect(calibrated, proposals, canvas, image_sizes)
+
+
+def build_ours(
+    calibrated: bool,
+    detection_state: dict[str, Tensor],
+    fusion: str = "predictions",
+    loop: bool = False,
+) -> MaskTrackRCNN:
     """(C)MaskTrack R-CNN R50-FPN whose detection layers are copied from ``detection_state``.
 
     Args:
         calibrated: add the default Temporal Feature Calibration (256 channels, hidden 256).
         detection_state: a torchvision Mask R-CNN state dict (its backbone, RPN and box / mask
             heads are loaded; the track head and the calibration keep their random init).
+        fusion: the model's ``reference_fusion``.
+        loop: build :class:`LoopedReferences` (the per-reference loop).
     """
-    model = MaskTrackRCNN(
+    model = (LoopedReferences if loop else MaskTrackRCNN)(
         resnet_fpn("resnet50"),
         num_classes=NUM_CLASSES,
         calibration=TemporalFeatureCalibration(channels=256) if calibrated else None,
         rpn=RPNConfig(),
         rcnn=RCNNConfig(score_thresh=0.0, detections_per_img=DETECTIONS),
+        reference_fusion=fusion,  # type: ignore[arg-type]
     )
     own = model.state_dict()
     wanted = [k for k in own if k.startswith(COCO_MODULES)]
@@ -354,7 +389,8 @@ def instrument_ours(watch: Stopwatch, predictor: VideoPredictor) -> None:
     watch.hook(model.backbone, "backbone")
     watch.wrap(model, "detect", "detect")
     watch.wrap(model, "_rpn", "rpn")
-    watch.wrap(model, "calibrate", "calibrate")
+    if model.calibration is not None:  # every calibration call (batched or per reference)
+        watch.hook(model.calibration, "calibrate")
     watch.wrap(model.roi_heads, "box_predictions", "box_head")
     watch.wrap(model.roi_heads, "mask_logits", "mask_head")
     watch.wrap(model, "embed", "embed")
@@ -442,11 +478,11 @@ def stage_times(name: str, seconds: dict[str, float], frames: int, refs: float) 
             PASTE: s["paste"],
             "RLE encode": s["rle"],
         }
-        if name == "cmasktrack":
+        if name.startswith("cmasktrack"):
             out["calibration, all references"] = calib
     out["other"] = s["total"] - sum(out.values())
     out["total (instrumented)"] = s["total"]
-    if name == "cmasktrack":
+    if name.startswith("cmasktrack"):
         per = max(refs, 1.0)
         parts = {
             "per reference: correlation": s["calib_correlation"] / per,
@@ -491,7 +527,11 @@ def run_speed(args: argparse.Namespace) -> None:
     models = {
         "masktrack": build_ours(False, state).to(device),
         "cmasktrack": build_ours(True, state).to(device),
+        "cmasktrack_loop": build_ours(True, state, loop=True).to(device),
+        "cmasktrack_features": build_ours(True, state, fusion="features").to(device),
     }
+    for name in ("cmasktrack_loop", "cmasktrack_features"):  # one calibration, three rules
+        models[name].load_state_dict(models["cmasktrack"].state_dict())
     length = pushes + EPS_TEST + 1  # never reached: no end-of-video flush in the timed frames
     predictors = {name: make_predictor(m, length, size_hw) for name, m in models.items()}
     counts = {name: Counts() for name in predictors}
@@ -506,11 +546,9 @@ def run_speed(args: argparse.Namespace) -> None:
             tv_dets.append(len(out[0]["boxes"]))
             tv_last[:] = out
 
-    runners: dict[str, Callable[[int], None]] = {
-        "torchvision": run_tv,
-        "masktrack": lambda k: predictors["masktrack"].push(canvas[k]),
-        "cmasktrack": lambda k: predictors["cmasktrack"].push(canvas[k]),
-    }
+    runners: dict[str, Callable[[int], None]] = {"torchvision": run_tv}
+    for name, predictor in predictors.items():
+        runners[name] = lambda k, p=predictor: p.push(canvas[k])
 
     print(
         f"## Inference speed: device={device} threads={torch.get_num_threads()} "
@@ -536,7 +574,7 @@ def run_speed(args: argparse.Namespace) -> None:
                 c.recording = timed
             rotation = k % len(MODELS)
             for name in MODELS[rotation:] + MODELS[:rotation]:
-                if name != "cmasktrack" and k < warmup_c - warmup:
+                if not name.startswith("cmasktrack") and k < warmup_c - warmup:
                     continue
                 sync(device)
                 start = time.perf_counter()
@@ -603,16 +641,20 @@ def run_speed(args: argparse.Namespace) -> None:
     ratio_rows = []
     for (a, b), target in (
         (("cmasktrack", "masktrack"), TARGET_CALIBRATION),
+        (("cmasktrack_loop", "masktrack"), TARGET_CALIBRATION),
+        (("cmasktrack_features", "masktrack"), TARGET_CALIBRATION),
+        (("cmasktrack_features", "cmasktrack"), TARGET_FEATURES),
+        (("cmasktrack", "cmasktrack_loop"), None),
         (("masktrack", "torchvision"), TARGET_MASKTRACK),
     ):
         ratio = median[a] / median[b]
         ratio_rows.append(
             [
-                f"{LABELS[a].split(' (')[0]} / {LABELS[b]}",
+                f"{LABELS[a]} / {LABELS[b]}",
                 f"{ratio:.2f}x",
                 f"{paired(a, b):.2f}x",
-                f"<= {target:.2f}x",
-                verdict(ratio, target),
+                "-" if target is None else f"<= {target:.2f}x",
+                "-" if target is None else verdict(ratio, target),
             ]
         )
     nb = args.breakdown_frames
@@ -652,13 +694,13 @@ def run_speed(args: argparse.Namespace) -> None:
 
 
 # -- rss part ----------------------------------------------------------------------------------
-# Overrides of each streamed-memory experiment. The SipMask family's score threshold is 0 so that
-# its random-weight model keeps its 30 detections per frame and the results being built are part
-# of what is measured (CMaskTrack's figure is the one recorded before, at the preset's settings).
-# STEm-Seg's random weights give no seed above 0.8 and little foreground: every pixel is made
-# foreground and a seed candidate, so each sub-clip forms its 30 clusters (its worst case).
+# Overrides of each streamed-memory experiment, so that the results being built (RLE masks that
+# grow with the video) are part of what is measured: the box families at score threshold 0, so
+# that their random weights keep their 30 detections per frame and tracks are written; STEm-Seg's
+# random weights give no seed above 0.8 and little foreground, so every pixel is made foreground
+# and a seed candidate and each sub-clip forms its 30 clusters (its worst case).
 RSS_OVERRIDES = {
-    "cmasktrack_cpu": [],
+    "cmasktrack_cpu": ["model.rcnn.score_thresh=0.0"],
     "csipmask_cpu": ["model.test.score_thresh=0.0"],
     "stemseg_cpu": [
         "system.predictor.config.fg_thresh=0.0",
