@@ -1,0 +1,88 @@
+"""``scripts/paper_tables.py``: resumable rows, cells, verdicts and the report (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_tables.py"
+
+
+@pytest.fixture(scope="module")
+def pt():
+    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["paper_tables"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake(pt, monkeypatch, calls: list[str], fail_at: int | None = None):
+    """Training and evaluation replaced by fakes that record their calls (AP = a row constant,
+    CMaskTrack better than MaskTrack, IoUTracker+ worse)."""
+    ap = {"CMaskTrack R-CNN": 30.0, "tracker: IoUTracker+": 10.0}
+
+    def train_row(training, seed, work, data_root):
+        calls.append(f"train {training.name} {seed}")
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt  # a kill
+        return {"ckpt": f"{training.name}.ckpt"}
+
+    def evaluate_row(ckpt, root, overrides, out):
+        calls.append(f"eval {ckpt} {root.name} {overrides}")
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt
+        name = out.name
+        value = next((v for k, v in ap.items() if pt.slug(k) in name), 20.0)
+        return {k: (value if k != "AP_SO" else -100.0) for k in pt.METRICS}
+
+    monkeypatch.setattr(pt, "train_row", train_row)
+    monkeypatch.setattr(pt, "evaluate_row", evaluate_row)
+    monkeypatch.setattr(pt, "ensure_sets", lambda a, b: None)
+
+
+def test_a_killed_run_resumes_from_its_last_finished_row(pt, monkeypatch, tmp_path):
+    calls: list[str] = []
+    _fake(pt, monkeypatch, calls, fail_at=9)
+    args = ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "docs" / "t.md")]
+    with pytest.raises(KeyboardInterrupt):
+        pt.main(args)
+    first = list(calls)
+    assert len(pt.Ledger.load(tmp_path / "work" / "rows.json").rows) == 8
+    calls.clear()
+    _fake(pt, monkeypatch, calls)
+    pt.main(args)
+    assert calls[0] == first[-1]  # the interrupted row runs again, the finished ones do not
+    assert not set(calls) & set(first[:-1])
+    ledger = pt.Ledger.load(tmp_path / "work" / "rows.json")
+    assert len(ledger.rows) == len(pt.TRAININGS) + 2 * len(pt.EVALUATIONS)
+    report = (tmp_path / "docs" / "t.md").read_text()
+    assert (tmp_path / "docs" / "t.png").is_file()
+    assert "| CMaskTrack R-CNN | 30.00 |" in report and "n/a" in report  # AP_SO had no truth
+    assert (
+        "| Calibration beats plain MaskTrack R-CNN | holds | AP: val +10.00; second set +10.00 |"
+        in report
+    )
+    assert "| The learned tracker beats IoUTracker+ | holds |" in report
+    assert "| The learned tracker beats DeepSORT | no difference |" in report
+    assert "14.9" in report  # the paper's figure, in its own labelled column
+
+
+def test_cells_and_verdicts_over_seeds(pt, tmp_path):
+    assert pt.cell([]) == "-" and pt.cell([-1.0]) == "n/a"
+    assert pt.cell([10.0]) == "10.00" and pt.cell([10.0, 14.0]) == "12.00 ± 2.00"
+    ledger = pt.Ledger(tmp_path / "rows.json")
+    for seed, (a, b) in enumerate([(12.0, 10.0), (9.0, 11.0)]):
+        for set_name in ("val", "second"):
+            ledger.rows[f"eval|A|{set_name}|{seed}"] = {"metrics": {"AP": a}}
+            ledger.rows[f"eval|B|{set_name}|{seed}"] = {"metrics": {"AP": b}}
+    assert pt.holds(ledger, "A", "B", [0]) == "holds"
+    assert pt.holds(ledger, "A", "B", [1]) == "does not hold"
+    assert pt.holds(ledger, "A", "B", [0, 1]) == "mixed"
+    assert pt.compare(ledger, "A", "B", [0, 1]) == (
+        "val +0.00, per seed -2.00 to +2.00; second set +0.00, per seed -2.00 to +2.00"
+    )
+    assert pt.holds(ledger, "A", "C", [0]) == "not run"
