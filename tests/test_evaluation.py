@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from ovisnet.evaluation import (
     EvaluationError,
     GroundTruth,
     evaluate_results,
+    vis_eval,
 )
 from ovisnet.evaluation.__main__ import main
+from ovisnet.evaluation.masks import InvalidRLEError, prepend_background
 
 H, W = 12, 16
 
@@ -255,8 +258,6 @@ def test_result_errors_name_the_entry_and_the_field():
     assert all(s in msg for s in ("result 1", "video_id=1", "'segmentations'", "3", "expected 2"))
     msg = _error(gt, [dict(good, video_id=99)])
     assert "result 0" in msg and "'video_id' 99" in msg
-    msg = _error(gt, [good, dict(good, category_id=7)])
-    assert "result 1" in msg and "'category_id' 7" in msg
     msg = _error(gt, [{k: v for k, v in good.items() if k != "score"}])
     assert "result 0" in msg and "'score'" in msg
     assert "'score'" in _error(gt, [dict(good, score=float("nan"))])
@@ -264,6 +265,26 @@ def test_result_errors_name_the_entry_and_the_field():
     msg = _error(gt, [dict(good, segmentations=[small, None])])
     assert "result 0" in msg and "segmentations[0]" in msg and "[6, 6]" in msg
     assert "expected a list" in _error(gt, {"video_id": 1})
+    broken = dict(rle(A[1]), counts="PPPPPPPP")  # no first run: every group says "more"
+    msg = _error(gt, [good, dict(good, segmentations=[rle(A[0]), broken])])
+    assert "result 1" in msg and "segmentations[1]" in msg and "'counts'" in msg
+
+
+def test_results_of_unknown_categories_are_ignored_with_one_warning():
+    # As the official evaluator (its getAnnIds filters the results by the GT's category ids):
+    # same numbers as without them, one warning naming the ids and the count.
+    gt, res = _golden_case(1)
+    stray = [dict(r, category_id=c) for r, c in zip(res[:3], (7, 9, 7), strict=True)]
+    mixed = [*res[:2], stray[0], *res[2:], *stray[1:]]
+    with pytest.warns(UserWarning) as caught:
+        got = evaluate_results(gt, mixed)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "7, 9" in message and "ignored 3 result(s)" in message
+    assert got == evaluate_results(gt, res)
+    # a result for an unknown video stays an error, also with an unknown category
+    msg = _error(gt, [*res, dict(res[0], video_id=99, category_id=7)])
+    assert f"result {len(res)}" in msg and "'video_id' 99" in msg
 
 
 def test_ground_truth_errors_name_the_annotation():
@@ -395,6 +416,49 @@ def _golden_case(seed: int) -> tuple[dict, list]:
     return gt, res
 
 
+def test_prepend_background_moves_masks_into_their_slab():
+    rng = np.random.default_rng(0)
+    masks = [rng.random((H, W)) < 0.4, np.zeros((H, W), bool), np.ones((H, W), bool)]
+    masks.append(rect(W - 1, H - 1, 1, 1))  # ends with a foreground run
+    frames = np.array([0, 3, 1, 20000])
+    grown = prepend_background([rle(m)["counts"] for m in masks], frames * H * W)
+    for mask, t, counts in zip(masks, frames, grown, strict=True):
+        strip = mask_utils.decode({"size": [H, W * (t + 1)], "counts": counts})
+        assert not strip[:, : W * t].any() and (strip[:, W * t :] == mask).all()
+    assert prepend_background([], np.zeros(0)) == []
+    with pytest.raises(InvalidRLEError) as info:
+        prepend_background([rle(A[0])["counts"], "PPPPPPPP", "X"], np.zeros(3, np.int64))
+    assert info.value.index == 1
+
+
+@pytest.mark.parametrize("seed", [1, 8])
+def test_strips_that_wrap_and_split_iou_calls_give_the_same_numbers(seed, monkeypatch):
+    # Strips of 2 frames (pycocotools' 32-bit pixel counts, scaled down) and iou calls of at
+    # most 3 mask pairs exercise the paths that long, large videos take.
+    gt, res = _golden_case(seed)
+    expected = evaluate_results(gt, res)
+    height, width = gt["videos"][0]["height"], gt["videos"][0]["width"]
+    monkeypatch.setattr(vis_eval, "_MAX_CANVAS_PIXELS", 2 * height * width + 1)
+    monkeypatch.setattr(vis_eval, "_MAX_PAIRS", 3)
+    assert evaluate_results(gt, res) == expected
+
+
+def test_garbage_collector_state_is_restored():
+    gt = dataset([gt_object(1, 1, A)])
+    assert gc.isenabled()
+    evaluate_results(gt, [det(1, A, 0.9)])
+    assert gc.isenabled()
+    with pytest.raises(EvaluationError):
+        evaluate_results(gt, [det(1, A, float("nan"))])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        evaluate_results(gt, [det(1, A, 0.9)])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("seed", sorted(GOLDEN))
 def test_matches_official_golden_numbers(seed):
     gt, res = _golden_case(seed)
@@ -433,3 +497,12 @@ def test_cli_module_entry_point_and_error_exit(tmp_path: Path):
     assert "AP_SO" in run.stdout and "value (%)" in run.stdout
     (tmp_path / "bad.json").write_text(json.dumps([{"video_id": 1}]))
     assert main([str(gt), str(tmp_path / "bad.json")]) == 2
+
+
+def test_cli_reports_ignored_categories_as_one_warning_line(tmp_path: Path, capsys):
+    gt, _ = _write_case(tmp_path)
+    stray = [det(1, A, 0.9), det(1, A, 0.8, category_id=42)]
+    (tmp_path / "stray.json").write_text(json.dumps(stray))
+    assert main([str(gt), str(tmp_path / "stray.json")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "42" in err[0]

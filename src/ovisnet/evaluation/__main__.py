@@ -1,7 +1,8 @@
 """Command line: ``python -m ovisnet.evaluation GT.json RESULTS.json [--json OUT]``.
 
 Prints the metric table in percent; ``--json`` also writes the metrics (fractions) to a file.
-RESULTS may be a ``results.json`` or the ``results.zip`` that holds it.
+RESULTS may be a ``results.json`` or the ``results.zip`` that holds it. Warnings (results of a
+category that is not in the ground truth, ignored) go to stderr as ``warning: ...`` lines.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,10 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the metrics here")
     args = parser.parse_args(argv)
     try:
-        metrics = evaluate_results(args.gt, args.results)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            metrics = evaluate_results(args.gt, args.results)
     except (EvaluationError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     print(format_metrics_table(metrics))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
