@@ -14,7 +14,7 @@ INPUT ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-gpu lint format bench synthetic stats train demo clean
+.PHONY: help install test test-slow test-gpu gpu-check lint format bench synthetic stats train demo paper-tables clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ test-slow: install ## run the slow tests too (no GPU, no real data)
 
 test-gpu: install ## run the GPU tests (needs a CUDA device)
 	$(BIN)/python -m pytest -m gpu -q
+
+gpu-check: install ## on a GPU, < 8 min: correlation op, gpu tests, FPS, 100 train steps, bandwidth -> markdown report
+	$(BIN)/python scripts/gpu_check.py $(ARGS)
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check src tests scripts
@@ -64,6 +67,10 @@ bench: install ## run the benchmarks (ratios measured side by side)
 	$(BIN)/python scripts/bench_inference.py
 	$(BIN)/python scripts/bench_sipmask.py
 	$(BIN)/python scripts/bench_stemseg.py
+	$(BIN)/python scripts/bench_evaluation.py
+
+paper-tables: install ## train / evaluate every family's CPU preset and write docs/paper_tables.md (resumable; ARGS="--seeds 0 1")
+	$(BIN)/python scripts/paper_tables.py $(ARGS)
 
 clean: ## remove build and test caches (keeps .venv and data/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
