@@ -17,12 +17,12 @@ frames run instrumented (each stage timed separately) for a per-stage breakdown.
 
 Part ``rss``: each light CPU preset (``experiment=cmasktrack_cpu`` and ``csipmask_cpu``:
 ResNet-18, 64-channel FPN, calibration hidden 64, 30 detections, both at score threshold 0 so
-that their random weights keep detections and tracks are written; ``stemseg_cpu`` with every pixel foreground and a
-seed candidate, so that each sub-clip forms its 30 clusters) streams a whole synthetic 320x192
-video through its family's predictor (``VISSystem.make_predictor``: ``VideoPredictor`` with
-eps_test 3, or ``ClipPredictor``), frames read from disk one at a time by the eval dataloader
-(``VISDataModule.eval_dataloader``, in-process), once for a 50-frame and once for a 400-frame
-video, each in a fresh subprocess that reports its peak RSS.
+that their random weights keep detections and tracks are written; ``stemseg_cpu`` with every
+pixel foreground and a seed candidate, so that each sub-clip forms its 30 clusters) streams a
+whole synthetic 320x192 video through its family's predictor (``VISSystem.make_predictor``:
+``VideoPredictor`` with eps_test 3, or ``ClipPredictor``), frames read from disk one at a time
+by the eval dataloader (``VISDataModule.eval_dataloader``, in-process), once for a 50-frame and
+once for a 400-frame video, each in a fresh subprocess that reports its peak RSS.
 
 Usage:
     python scripts/bench_inference.py                      # both parts

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
+
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -10,6 +14,8 @@ from PIL import Image
 from ovisnet.data.annotations import load_annotations
 from ovisnet.data.datamodule import VISDataModule
 from ovisnet.data.datasets import (
+    BadFrameError,
+    ResumableLoader,
     SeededSampler,
     VideoSequentialSampler,
     VISFrameDataset,
@@ -128,7 +134,7 @@ def test_wrong_frame_size_is_reported(tiny_ovis, ann):
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(root / "JPEGImages/v1/00001.jpg")
     ds = VISFrameDataset(ann, max_size=(48, 32))
     with pytest.raises(
-        ValueError, match=r"video 1: frame 1 .* is 10x10, the annotation says 48x32"
+        BadFrameError, match=r"video 1 \(v1\): frame 1: .* is 10x10, the annotation says 48x32"
     ):
         ds[1]
 
@@ -156,3 +162,146 @@ def test_datamodule_serves_train_and_streamed_eval(tiny_ovis):
     bad = VISDataModule(str(root), val_ann=None, num_classes=3)
     with pytest.raises(ValueError, match="has 2 categories, the config says num_classes=3"):
         bad.setup("fit")
+
+
+def test_seeded_sampler_resumes_part_way_once_and_only_in_its_epoch():
+    sampler = SeededSampler(10, seed=3, rank=0, world_size=1)
+    sampler.set_epoch(1)
+    full = list(sampler)
+    sampler.resume(1, 4)
+    assert sampler.epoch == 1 and len(sampler) == 10  # Lightning counts the whole epoch
+    assert list(sampler) == full[4:]  # the same samples with the same seeds
+    assert list(sampler) == full  # once
+    sampler.resume(1, 10)  # saved at the end of epoch 1: the run goes on with epoch 2
+    sampler.set_epoch(2)
+    assert len(list(sampler)) == 10 and list(sampler) != full
+
+
+class _Keys(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        return torch.tensor(key)
+
+
+def _loader(num_workers: int) -> ResumableLoader:
+    return ResumableLoader(
+        _Keys(),
+        batch_size=2,
+        sampler=SeededSampler(10, seed=5, rank=0, world_size=1),
+        num_workers=num_workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resumable_loader_continues_the_epoch_from_its_state(num_workers):
+    straight = _loader(num_workers)
+    it = iter(straight)  # Lightning: iter() first, set_epoch() after; the order is epoch 1's
+    straight.sampler.set_epoch(1)
+    batches = [next(it) for _ in range(2)]
+    state = straight.state_dict()
+    assert state == {"epoch": 1, "samples": 4}
+    rest = list(it)
+    assert len(rest) == 3 and straight.state_dict() == {"epoch": 1, "samples": 10}
+    order = SeededSampler(10, seed=5, rank=0, world_size=1)
+    order.set_epoch(1)
+    expected = list(order)
+    assert [tuple(k.tolist()) for b in [*batches, *rest] for k in b] == expected
+
+    resumed = _loader(num_workers)
+    resumed.load_state_dict(state)  # a fresh process, then Lightning's iter() and set_epoch()
+    it = iter(resumed)
+    resumed.sampler.set_epoch(1)
+    assert [b.tolist() for b in it] == [b.tolist() for b in rest]
+    assert resumed.state_dict() == {"epoch": 1, "samples": 10}
+
+
+class _StandIn(torch.nn.Module):
+    """A one-parameter model whose loss draws from torch's global random state, like RPN
+    sampling does: a resumed run matches only if that state is restored too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def loss(self, batch) -> dict[str, torch.Tensor]:
+        target = batch.images.float().mean() / 255 + torch.rand(())
+        return {"loss_fit": (self.w - target) ** 2}
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+class _Record(L.Callback):
+    def __init__(self, crash_at: int | None) -> None:
+        self.seen: list = []
+        self.crash_at = crash_at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.crash_at:
+            raise _Killed
+        self.seen.append((trainer.current_epoch, batch.video_ids, batch.frame_indices))
+
+
+@pytest.mark.parametrize(("num_workers", "crash_at"), [(0, 4), (1, 4), (1, 3)])
+def test_training_resumed_from_last_ckpt_matches_an_uninterrupted_run(
+    tiny_ovis, tmp_path, num_workers, crash_at
+):
+    """3 steps per epoch, 2 epochs, last.ckpt every 2 steps and at epoch ends (the recipe's
+    two callbacks). Killed before step 5: resumed from step 4, in the middle of epoch 1. Killed
+    before step 4: resumed from the end of epoch 0, where a loader worker used to draw epoch 0's
+    order again. Either way the batches and the final weight are the uninterrupted run's."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ovisnet.lit.system import VISSystem
+
+    root, _ = tiny_ovis
+
+    def run(out, crash_at=None, ckpt=None):
+        L.seed_everything(0)
+        dm = VISDataModule(
+            str(root),
+            val_ann=None,
+            max_size=(48, 32),
+            batch_size=2,
+            num_workers=num_workers,
+            seed=1,
+        )
+        model = _StandIn()
+        system = VISSystem(model, partial(torch.optim.SGD, lr=0.1), tracker=lambda: None)
+        last = {
+            "dirpath": out,
+            "filename": "last",
+            "monitor": None,
+            "enable_version_counter": False,
+        }
+        record = _Record(crash_at)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_epochs=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[
+                record,
+                ModelCheckpoint(**last, save_on_train_epoch_end=True),
+                ModelCheckpoint(**last, every_n_train_steps=2),
+            ],
+        )
+        with contextlib.suppress(_Killed):
+            trainer.fit(system, datamodule=dm, ckpt_path=ckpt)
+        return record.seen, float(model.w)
+
+    straight, w = run(tmp_path / "a")
+    assert len(straight) == 6 and straight[3][1:] != straight[0][1:]
+    first, _ = run(tmp_path / "b", crash_at=crash_at)
+    assert first == straight[:crash_at]
+    resumed, w_resumed = run(tmp_path / "c", ckpt=tmp_path / "b" / "last.ckpt")
+    done = 4 if crash_at == 4 else 3  # the last checkpoint before the crash
+    assert resumed == straight[done:]
+    assert w_resumed == w

@@ -275,6 +275,27 @@ def test_ddp_evaluation_on_two_gloo_processes_equals_one_process(cli_run, tmp_pa
         assert ddp["metrics"][name] == pytest.approx(value, abs=1e-6), name
 
 
+@pytest.mark.slow
+def test_ddp_evaluation_with_fewer_videos_than_processes(cli_run, tmp_path):
+    # the run's own data (tiny_synthetic) has 1 validation video: rank 1 of 2 gets none and
+    # contributes no results; the tracker is fed ground truth so that the AP is not 0
+    common = [f"ckpt_path={cli_run / 'checkpoints' / 'last.ckpt'}", "system.oracle=true"]
+    single = _run_eval_cli([*common, f"output_dir={tmp_path / 'single'}"])
+    ddp = _run_eval_cli(
+        [
+            *common,
+            f"output_dir={tmp_path / 'ddp'}",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+        ]
+    )
+    assert len({r["video_id"] for r in single["results"]}) == 1
+    assert single["metrics"]["AP"] > 0
+    assert ddp["results"] == single["results"]
+    assert ddp["metrics"] == pytest.approx(single["metrics"], abs=1e-6)
+
+
 def test_last_checkpoint_is_written_in_epochs_without_validation(tiny_train_overrides, tmp_path):
     cfg = _compose(
         [

@@ -75,3 +75,45 @@ def test_inference_clips():
     for n in range(1, 40):
         covered = {t for c in inference_clips(n, 8, 4) for t in c}
         assert covered == set(range(n))
+
+
+# -- streamed evaluation under DDP: whole videos per rank ----------------------------------------
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_eval_loader_of_a_rank_without_videos_is_one_skipped_batch(
+    tiny_ovis, monkeypatch, world_size
+):
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from ovisnet.data.datamodule import VISDataModule
+    from ovisnet.lit.system import VISSystem
+
+    root, _ = tiny_ovis  # 2 videos (5 frames and 1 frame)
+    dm = VISDataModule(
+        str(root),
+        train_ann="annotations/train.json",
+        val_ann="annotations/train.json",
+        num_classes=2,
+        max_size=(96, 64),
+        num_workers=0,
+    )
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: world_size)
+    frames, empty = [], 0
+    for rank in range(world_size):
+        monkeypatch.setattr(dist, "get_rank", lambda group=None, rank=rank: rank)
+        batches = list(dm.val_dataloader())
+        if batches == [None]:
+            empty += 1
+        else:
+            assert None not in batches
+            frames += [(b.video_ids[0], b.frame_indices[0][0]) for b in batches]
+    assert empty == max(0, world_size - 2)
+    assert sorted(frames) == [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0)]  # each frame once
+    # the system skips the empty rank's batch (it only joins the epoch-end gathering)
+    state = SimpleNamespace(_predictors={}, _results=[])  # no trainer, no model: never used
+    VISSystem._eval_step(state, None, "val")
+    assert state._results == [] and state._predictors == {}

@@ -191,3 +191,80 @@ def test_lr_schedule_warmup_steps_and_exponential_decay():
     assert warmup_multistep(110_000, **stemseg, decay=decay) == pytest.approx(0.1)
     assert warmup_multistep(160_000, **stemseg, decay=decay) == pytest.approx(0.01)
     assert warmup_multistep(200_000, **stemseg, decay=decay) == pytest.approx(0.01)
+
+
+class _Interrupt(RuntimeError):
+    """The simulated crash / preemption of the interrupted run."""
+
+
+class _BatchRecorder(L.Callback):
+    """Records what every training step trains on; optionally dies before step ``crash_at``."""
+
+    def __init__(self, seen: list, crash_at: int | None = None) -> None:
+        self.seen, self.crash_at = seen, crash_at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.crash_at:
+            raise _Interrupt(f"killed before step {self.crash_at + 1}")
+        key = (batch.video_ids, batch.frame_indices, int(batch.images.sum()))
+        self.seen.append((trainer.current_epoch, batch_idx, key))
+
+
+def test_resume_from_a_mid_epoch_last_checkpoint_is_exact(
+    tiny_train_overrides, monkeypatch, tmp_path
+):
+    """One epoch of 2 steps, last.ckpt after every step. A run killed before step 2 resumes from
+    the last.ckpt of step 1, in the middle of the epoch: it must train on exactly the batch that
+    the uninterrupted run trained on at step 2 and end with bitwise the same weights and
+    optimiser state (the same ops on the same inputs in the same order on one CPU, and the random
+    state of torch, NumPy and Python restored from the checkpoint). Later epochs and loader
+    workers: tests/test_datasets.py, with a stand-in model."""
+    import ovisnet.train as entry
+
+    original = entry.build_trainer
+
+    def run(out: Path, seen: list, crash_at: int | None = None, ckpt: Path | None = None):
+        def build_trainer(cfg):
+            trainer = original(cfg)
+            trainer.callbacks.append(_BatchRecorder(seen, crash_at))
+            return trainer
+
+        overrides = [
+            "experiment=cmasktrack_cpu",
+            *tiny_train_overrides,
+            f"paths.output_dir={out}",
+            "trainer.check_val_every_n_epoch=2",  # no validation: training state only
+            "checkpoint_every_n_steps=1",
+            "evaluate_after_training=false",
+            "system.warmup_steps=5",  # the schedule crosses the resume point
+        ]
+        if ckpt is not None:
+            overrides.append(f"ckpt_path={ckpt}")
+        with monkeypatch.context() as m:
+            m.setattr(entry, "build_trainer", build_trainer)
+            train(_compose(overrides))
+
+    straight, interrupted, resumed = [], [], []
+    run(tmp_path / "straight", straight)
+    with pytest.raises(_Interrupt):
+        run(tmp_path / "crashed", interrupted, crash_at=1)
+    last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 1 and state["epoch"] == 0  # 1 of the 2 batches of epoch 0
+    assert state["VISDataModule"] == {"train": {"epoch": 0, "samples": 2}}  # where to go on
+    run(tmp_path / "resumed", resumed, ckpt=last)
+
+    assert len(straight) == 2 and interrupted == straight[:1]
+    assert resumed == straight[1:]  # nothing repeated, nothing skipped
+    assert straight[1][:2] == (0, 1)
+
+    def final(out: Path) -> dict:
+        return torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+    a, b = final(tmp_path / "straight"), final(tmp_path / "resumed")
+    assert a["global_step"] == b["global_step"] == 2
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+    for index, opt_state in a["optimizer_states"][0]["state"].items():
+        for key, value in opt_state.items():
+            assert torch.equal(value, b["optimizer_states"][0]["state"][index][key]), (index, key)

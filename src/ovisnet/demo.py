@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from ovisnet.data.annotations import to_compressed_rle
 from ovisnet.data.transforms import fit_scale, resized_hw, transform_clip
+from ovisnet.errors import ConfigError, MissingFileError, report_user_errors
 from ovisnet.structures.clip import ClipSample, collate_clips
 from ovisnet.visualization import draw_tracks, track_colors, track_label
 
@@ -77,7 +78,7 @@ class FrameSource:
     def __init__(self, path: str | Path, fps: float = 10.0) -> None:
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"input {self.path} does not exist")
+            raise MissingFileError(f"input {self.path} does not exist")
         self.files: list[Path] | None = None
         if self.path.is_dir():
             self.files = sorted(
@@ -85,7 +86,7 @@ class FrameSource:
                 key=_natural_key,
             )
             if not self.files:
-                raise ValueError(
+                raise ConfigError(
                     f"input folder {self.path} holds no frames ({', '.join(FRAME_SUFFIXES)})"
                 )
             from PIL import Image
@@ -96,7 +97,7 @@ class FrameSource:
             self.fps = Fraction(fps).limit_denominator(1001)
         else:
             if self.path.suffix.lower() not in VIDEO_SUFFIXES:
-                raise ValueError(
+                raise ConfigError(
                     f"input {self.path}: expected a video ({', '.join(VIDEO_SUFFIXES)}) or a "
                     "folder of frames"
                 )
@@ -236,7 +237,7 @@ def load_model(
 
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+        raise MissingFileError(f"checkpoint {ckpt} does not exist")
     config_path = run_config(ckpt, config)
     cfg = load_config(config_path, overrides or [], Path(output_dir))
     _, system = build(cfg)
@@ -435,16 +436,17 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     own, overrides = parse_args(args)
-    paths = run_demo(
-        own["ckpt_path"],
-        own["input"],
-        output=own.get("output"),
-        config=own.get("config"),
-        min_score=float(own.get("min_score", 0.3)),
-        fps=float(own.get("fps", 10.0)),
-        device=own.get("device"),
-        overrides=overrides,
-    )
+    with report_user_errors("ovisnet.demo"):
+        paths = run_demo(
+            own["ckpt_path"],
+            own["input"],
+            output=own.get("output"),
+            config=own.get("config"),
+            min_score=float(own.get("min_score", 0.3)),
+            fps=float(own.get("fps", 10.0)),
+            device=own.get("device"),
+            overrides=overrides,
+        )
     print(f"overlay: {paths['video']}\nresults: {paths['results']}")
 
 

@@ -17,10 +17,15 @@ Every other ``key=value`` overrides the run config with OmegaConf dot-list synta
 ``data.root=/data/ovis data.eps_test=5 system.oracle=true trainer.devices=2``. As in Hydra, a key
 the run config lacks is an error (a typo must not be silently ignored) unless prefixed with ``+``
 (``+system.tracker.max_age=10``: a tracker argument the config does not list).
+
+``tracker=NAME`` (``masktrack``, ``iou``, ``deepsort``, ``seq``: the train command line's config
+group ``conf/tracker/``) replaces the run's ``system.tracker`` with ``conf/tracker/NAME.yaml``
+before the other overrides, so ``tracker=iou system.tracker.min_iou=0.5`` works in any order.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -30,7 +35,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ovisnet.train import build, format_table
+from ovisnet.errors import ConfigError, MissingFileError, report_user_errors
+from ovisnet.evaluation.table import format_metrics_table
+from ovisnet.lit.system import METRIC_KEYS
+from ovisnet.train import CONFIG_DIR, build, check_accelerator, check_data
 
 EVAL_KEYS = ("ckpt_path", "split", "config", "output_dir")
 USAGE = __doc__
@@ -63,11 +71,61 @@ def run_config(ckpt_path: Path, config: str | None = None) -> Path:
     else:
         path = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no run config at {path}: checkpoints written by `python -m ovisnet.train` live in "
             "<run>/checkpoints/ next to <run>/.hydra/config.yaml; pass config=PATH otherwise"
         )
     return path
+
+
+# -- config groups on a saved run config (Hydra's `group=option` outside Hydra) ---------------
+# group name -> the run-config key its option fills (the option files carry `@package` headers)
+CONFIG_GROUPS = {"tracker": "system.tracker"}
+
+
+def group_config(group: str, option: str, config_dir: str | Path = CONFIG_DIR) -> DictConfig:
+    """``conf/<group>/<option>.yaml`` as a node (the ``# @package`` header is a comment)."""
+    folder = Path(config_dir) / group
+    path = folder / f"{option}.yaml"
+    if not path.is_file():
+        options = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ConfigError(f"{group}={option}: no such option (available: {options})")
+    node = OmegaConf.load(path)
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} is not a mapping")
+    return node
+
+
+def apply_group_overrides(
+    cfg: DictConfig, overrides: list[str], config_dir: str | Path = CONFIG_DIR
+) -> tuple[DictConfig, list[str]]:
+    """Apply the ``group=option`` overrides (``tracker=iou``) to a saved run config.
+
+    The option replaces the whole node (``system.tracker``), so keys of the run's former choice
+    (e.g. MaskTrack's ``weights`` under DeepSORT) do not leak into it.
+
+    Returns:
+        The new config and the remaining (dot-list) overrides, in their order.
+
+    Raises:
+        ConfigError: for an unknown option, or ``tracker=`` on a run without a tracker (STEm-Seg
+            links clusters with its own ``system.predictor``).
+    """
+    rest = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in CONFIG_GROUPS:
+            rest.append(item)
+            continue
+        target = CONFIG_GROUPS[key]
+        if key == "tracker" and OmegaConf.select(cfg, "system.predictor") is not None:
+            raise ConfigError(
+                f"{item}: this run infers with its own system.predictor (STEm-Seg), which has "
+                "no tracker; tracker= applies to the box families (MaskTrack, SipMask)"
+            )
+        cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
+        OmegaConf.update(cfg, target, group_config(key, value, config_dir), merge=False)
+    return cfg, rest
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -78,9 +136,9 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         add = key.startswith("+")
         key = key.lstrip("+")
         if not key:
-            raise ValueError(f"override {item!r} has no key")
+            raise ConfigError(f"override {item!r} has no key")
         if not add and OmegaConf.select(cfg, key, default=missing) is missing:
-            raise ValueError(
+            raise ConfigError(
                 f"override {item!r}: {key!r} is not in the run config (a typo?); "
                 f"write +{key}={value} to add it"
             )
@@ -88,16 +146,23 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def load_config(config_path: Path, overrides: list[str], output_dir: Path) -> DictConfig:
-    """The run config with the overrides applied and ``paths.output_dir`` set to ``output_dir``."""
+def load_config(
+    config_path: Path, overrides: list[str], output_dir: Path, *, resolve: bool = True
+) -> DictConfig:
+    """The run config with the overrides applied and ``paths.output_dir`` set to ``output_dir``.
+
+    ``resolve=False`` leaves the interpolations (``${oc.env:OVIS_ROOT,...}``) in place.
+    """
     cfg = OmegaConf.load(config_path)
     if not isinstance(cfg, DictConfig):
         raise ValueError(f"{config_path} is not a mapping")
+    cfg, overrides = apply_group_overrides(cfg, overrides)
     cfg = apply_overrides(cfg, overrides)
     # the saved config still holds ${hydra:...}; outside Hydra the output dir is set explicitly
     cfg.paths.output_dir = str(output_dir)
     cfg.init_from = None  # the checkpoint holds every weight
-    OmegaConf.resolve(cfg)
+    if resolve:
+        OmegaConf.resolve(cfg)
     return cfg
 
 
@@ -114,21 +179,30 @@ def evaluate(
     Returns:
         ``{"metrics": {key: percent}, "results_dir": path}``; metrics are empty for a split
         without ground truth.
+
+    Raises:
+        ovisnet.errors.UserError: before anything is built, for a missing checkpoint, run
+            config or annotation file, an unknown override, or a GPU trainer without a GPU
+            (the message names the fix).
     """
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+        raise MissingFileError(f"checkpoint {ckpt} does not exist")
     config_path = run_config(ckpt, config)
     out = (
         Path(output_dir)
         if output_dir
         else config_path.parent.parent / "eval" / (f"{split}_{ckpt.stem}")
     )
-    cfg = load_config(config_path, overrides or [], out)
+    cfg = load_config(config_path, overrides or [], out, resolve=False)
+    one_device = "" if cfg.trainer.get("devices", 1) == 1 else " trainer.devices=1"
+    check_accelerator(cfg.trainer, f"Add trainer.accelerator=cpu{one_device}.")
     if split == "test" and cfg.data.get("test_ann") is None:
-        raise ValueError(
+        raise ConfigError(
             "split=test needs data.test_ann (e.g. data.test_ann=annotations/test.json)"
         )
+    check_data(cfg, [split])  # before resolution: the message names the root's variable
+    OmegaConf.resolve(cfg)
     datamodule, system = build(cfg)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     system.load_state_dict(state["state_dict"])
@@ -158,7 +232,10 @@ def evaluate(
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         print(f"results: {results_dir}/results.json (+ results.zip)")
         if metrics:
-            print(format_table(metrics, f"{split} split, {ckpt.name}, percent:"))
+            title = f"{split} split, {ckpt.name}, percent:"
+            print(
+                format_metrics_table(metrics, METRIC_KEYS, title=title, percent=True, one_row=True)
+            )
         else:
             print(f"the {split} split has no ground truth: no metrics")
     return {"metrics": metrics, "results_dir": results_dir}
@@ -171,13 +248,14 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     own, overrides = parse_args(args)
-    evaluate(
-        own["ckpt_path"],
-        split=own["split"],
-        config=own.get("config"),
-        output_dir=own.get("output_dir"),
-        overrides=overrides,
-    )
+    with report_user_errors("ovisnet.eval"):
+        evaluate(
+            own["ckpt_path"],
+            split=own["split"],
+            config=own.get("config"),
+            output_dir=own.get("output_dir"),
+            overrides=overrides,
+        )
 
 
 if __name__ == "__main__":

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from ovisnet.data.annotations import VISAnnotations, check_frame_files, load_annotations
+from ovisnet.data.annotations import VISAnnotations, load_annotations
 from ovisnet.data.datasets import (
+    BadFrameError,
+    ResumableLoader,
     SeededSampler,
+    SkipBadSamples,
     VideoSequentialSampler,
     VISFrameDataset,
     VISTrainDataset,
+    bad_frames_report,
+    collate_skipping,
+    find_bad_frames,
 )
 from ovisnet.data.image_clips import (
     ClipMotion,
@@ -29,6 +38,9 @@ from ovisnet.structures import collate_clips
 
 _MOTION_KEYS = {f.name for f in fields(ClipMotion)}
 _IMAGE_CLIP_KEYS = {"source", "ratio", "image_root", "category_map"} | _MOTION_KEYS
+# data.check_files values, and what each means: no check, one stat per frame, a full decode
+_CHECK_FILES = {True: "exists", "true": "exists", "exists": "exists", False: "none"}
+_CHECK_FILES |= {None: "none", "false": "none", "none": "none", "decode": "decode"}
 
 
 class VISDataModule(L.LightningDataModule):
@@ -50,7 +62,15 @@ class VISDataModule(L.LightningDataModule):
         flip_prob: clip-consistent horizontal flip probability (training only).
         size_divisor: padded batch sizes are multiples of it.
         seed: seed of the training order and of every sample's random draws.
-        check_files: check at setup that every frame file exists (one ``stat`` per frame).
+        check_files: frame check of every split at setup, all bad frames reported at once:
+            ``true`` / ``"exists"`` (one ``stat`` per frame), ``"decode"`` (every frame decoded
+            and its size compared with the annotation, in a thread pool, with a progress bar),
+            ``false`` / ``"none"`` (no check).
+        bad_frames: ``"error"`` (default): a frame that cannot be read stops training with a
+            :class:`~ovisnet.data.datasets.BadFrameError` naming the video and the file;
+            ``"skip"``: training replaces such samples (:class:`SkipBadSamples`), warns once per
+            file and logs ``train/bad_samples``, and bad training frames found by
+            ``check_files`` are a warning. Evaluation always stops at a bad frame.
         synthetic: when given, ``prepare_data`` generates the synthetic OVIS-format set into
             ``root`` with these keyword arguments of :func:`ovisnet.data.synthetic.generate`
             unless it is already there.
@@ -82,16 +102,28 @@ class VISDataModule(L.LightningDataModule):
         flip_prob: float = 0.5,
         size_divisor: int = 32,
         seed: int = 0,
-        check_files: bool = True,
+        check_files: bool | str = True,
+        bad_frames: str = "error",
         synthetic: dict[str, Any] | None = None,
         image_clips: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if image_clips is not None:
             _check_image_clips(image_clips, mode)
+        key = check_files.lower() if isinstance(check_files, str) else check_files
+        if key not in _CHECK_FILES:
+            raise ValueError(
+                "data.check_files must be true / exists, false / none or decode, "
+                f"got {check_files!r}"
+            )
+        if bad_frames not in ("error", "skip"):
+            raise ValueError(f"data.bad_frames must be 'error' or 'skip', got {bad_frames!r}")
+        self.check_mode = _CHECK_FILES[key]
         self.save_hyperparameters()
         self.root = Path(root)
         self.splits: dict[str, VISAnnotations] = {}
+        self._train_loader: ResumableLoader | None = None
+        self._train_position: dict[str, int] | None = None  # from a checkpoint, not yet applied
 
     def _path(self, name: str) -> Path:
         p = Path(name)
@@ -127,10 +159,29 @@ class VISDataModule(L.LightningDataModule):
                     f"{path} has {ann.num_classes} categories, the config says "
                     f"num_classes={expected}"
                 )
-            if self.hparams.check_files:
-                check_frame_files(ann)
+            self.check_frames(ann, name, path)
             self.splits[name] = ann
         return self.splits[name]
+
+    def check_frames(self, ann: VISAnnotations, split: str, source: Path) -> None:
+        """Apply ``check_files`` to a split: raise (or, for training frames under
+        ``bad_frames=skip``, warn) listing every bad frame found."""
+        if self.check_mode == "none":
+            return
+        bad = find_bad_frames(
+            ann,
+            decode=self.check_mode == "decode",
+            progress=rank_zero_only.rank == 0,
+            desc=f"{self.check_mode} check of {source.name}",
+        )
+        if not bad:
+            return
+        report = bad_frames_report(bad, f"{source} (data.check_files={self.check_mode})")
+        if split == "train" and self.hparams.bad_frames == "skip":
+            skip = "data.bad_frames=skip: training skips the samples using them"
+            warnings.warn(f"{report}\n{skip}", stacklevel=2)
+        else:
+            raise BadFrameError(report)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits that ``stage`` needs."""
@@ -178,23 +229,56 @@ class VISDataModule(L.LightningDataModule):
         )
         if hp.image_clips is not None:
             dataset = MixedClipDataset(dataset, self.image_clip_dataset(), hp.image_clips["ratio"])
-        return DataLoader(
+        collate = collate_clips
+        if hp.bad_frames == "skip":
+            dataset, collate = SkipBadSamples(dataset), collate_skipping
+        self._train_loader = ResumableLoader(
             dataset,
             batch_size=hp.batch_size,
             sampler=SeededSampler(len(dataset), shuffle=True, seed=hp.seed),
             num_workers=hp.num_workers,
-            collate_fn=partial(collate_clips, size_divisor=hp.size_divisor),
+            collate_fn=partial(collate, size_divisor=hp.size_divisor),
             persistent_workers=hp.num_workers > 0,
             drop_last=True,
+            # its own generator: starting workers leaves torch's global random state alone
+            generator=torch.Generator().manual_seed(hp.seed),
         )
+        if self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
+            self._train_position = None
+        return self._train_loader
+
+    # Lightning also checkpoints the loader itself, but restores it only when nothing built the
+    # loader before the checkpoint was loaded, and the system's configure_optimizers does (it
+    # reads trainer.estimated_stepping_batches); the DataModule's own state is always restored.
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position (epoch, samples used) for an exact mid-epoch resume."""
+        return {} if self._train_loader is None else {"train": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the training loader (built now or later) where the checkpointed run was."""
+        position = state.get("train")
+        if position is not None and self._train_loader is not None:
+            self._train_loader.load_state_dict(position)
+        else:
+            self._train_position = position
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        """Frames of whole videos of ``split`` in temporal order, one frame per batch."""
+        """Frames of whole videos of ``split`` in temporal order, one frame per batch.
+
+        Under DDP each rank streams whole videos (:class:`VideoSequentialSampler`). A rank left
+        without videos (fewer videos than ranks) gets a single ``None`` batch, which the system
+        skips: Lightning refuses a rank with an empty loader, and every rank has to reach the
+        epoch end, where the results of all ranks are gathered.
+        """
         dataset = VISFrameDataset(self.load_split(split), max_size=tuple(self.hparams.max_size))
+        sampler = VideoSequentialSampler(dataset)
+        if len(sampler) == 0 and len(dataset) > 0:
+            return DataLoader([None], batch_size=1, collate_fn=_no_frames)
         return DataLoader(
             dataset,
             batch_size=1,
-            sampler=VideoSequentialSampler(dataset),
+            sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=partial(collate_clips, size_divisor=self.hparams.size_divisor),
         )
@@ -207,6 +291,11 @@ class VISDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def _no_frames(items: list[None]) -> None:
+    """The batch of a rank without videos (see :meth:`VISDataModule.eval_dataloader`)."""
+    return None
 
 
 def _check_image_clips(config: dict[str, Any], mode: str) -> None:

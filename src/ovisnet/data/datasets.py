@@ -7,24 +7,49 @@
 * :class:`VISFrameDataset` serves single frames of whole videos in temporal order for streamed
   evaluation; :class:`VideoSequentialSampler` hands each rank whole videos, so under DDP every
   video is evaluated exactly once and a 1000-frame video never sits in memory.
+* A frame that is missing, cannot be decoded or does not have the annotated size raises
+  :class:`BadFrameError` naming the video and the file; :func:`find_bad_frames` checks a whole
+  split before training, and :class:`SkipBadSamples` lets training replace such samples.
+* :class:`ResumableLoader` lets Lightning checkpoint the position of :class:`SeededSampler`
+  inside an epoch, so a run resumed from a mid-epoch checkpoint trains on the same samples.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 from ovisnet.data.annotations import Video, VISAnnotations
 from ovisnet.data.sampling import sample_clip, sample_reference_frame
 from ovisnet.data.transforms import fit_scale, resized_hw, transform_clip
-from ovisnet.structures import ClipSample, Instances
+from ovisnet.structures import ClipBatch, ClipSample, Instances, collate_clips
+
+# What PIL raises for a missing, truncated or otherwise broken image (SyntaxError: some plugins'
+# parse errors; DecompressionBombError: a frame too large to be a sane image).
+_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class BadFrameError(OSError):
+    """A frame (or image) file that is missing, cannot be decoded or has the wrong size.
+
+    The message names the video (id and folder), the frame index and the file; ``path`` is the
+    file. Evaluation always stops with it; training skips the sample with ``data.bad_frames=skip``.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def is_valid_box(box: Sequence[float] | None, area: float | None) -> bool:
@@ -55,10 +80,96 @@ def frame_targets(ann: VISAnnotations, video: Video, t: int, with_masks: bool = 
     )
 
 
-def read_rgb(path: Path) -> torch.Tensor:
-    """An image file as a ``(3, H, W)`` uint8 RGB tensor."""
+def _decode(path: Path) -> np.ndarray:
+    """The ``(H, W, 3)`` uint8 RGB pixels of an image file (PIL's errors pass through)."""
     with Image.open(path) as img:
-        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+        return np.array(img.convert("RGB"))
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "file missing"
+    return f"{error} ({type(error).__name__})"
+
+
+def read_rgb(path: Path, where: str = "") -> torch.Tensor:
+    """An image file as a ``(3, H, W)`` uint8 RGB tensor.
+
+    Raises:
+        BadFrameError: the file is missing or cannot be decoded; the message is ``where``
+            (e.g. ``"video 3 (abc): frame 7: "``), the path and PIL's reason.
+    """
+    try:
+        pixels = _decode(path)
+    except _READ_ERRORS as e:
+        raise BadFrameError(f"{where}cannot read {path}: {_reason(e)}", path=str(path)) from None
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def frame_where(video: Video, t: int) -> str:
+    """``"video 12 (abc123): frame 7: "``: the prefix of every message about a frame."""
+    folder = Path(video.file_names[t]).parent.as_posix() if video.file_names else "."
+    name = f"video {video.id}" if folder == "." else f"video {video.id} ({folder})"
+    return f"{name}: frame {t}: "
+
+
+def _size_problem(video: Video, path: Path, height: int, width: int) -> str | None:
+    if (height, width) == (video.height, video.width):
+        return None
+    return f"{path} is {width}x{height}, the annotation says {video.width}x{video.height}"
+
+
+class BadFrame(NamedTuple):
+    """An unusable frame found by :func:`find_bad_frames`; ``message``: what loading it raises."""
+
+    video_id: int
+    frame: int
+    path: Path
+    message: str
+
+
+def find_bad_frames(
+    ann: VISAnnotations,
+    *,
+    decode: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "checking frames",
+) -> list[BadFrame]:
+    """Every frame of ``ann`` that training or evaluation could not use, in file order.
+
+    With ``decode`` each frame is decoded exactly as :func:`read_rgb` does (missing, truncated,
+    undecodable or of another size than annotated); without, only its existence is checked (one
+    ``stat``). Frames are checked in a thread pool (``workers`` threads; None: Python's default,
+    ``min(32, cores + 4)``; PIL decodes without holding the GIL) behind a tqdm progress bar.
+    """
+    jobs = [(v, t, ann.frame_path(v, t)) for v in ann.videos for t in range(v.length)]
+
+    def check(job: tuple[Video, int, Path]) -> BadFrame | None:
+        video, t, path = job
+        if not decode:
+            problem = None if path.is_file() else f"cannot read {path}: file missing"
+        else:
+            try:
+                problem = _size_problem(video, path, *_decode(path).shape[:2])
+            except _READ_ERRORS as e:
+                problem = f"cannot read {path}: {_reason(e)}"
+        if problem is None:
+            return None
+        return BadFrame(video.id, t, path, frame_where(video, t) + problem)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(check, jobs)
+        checked = tqdm(results, total=len(jobs), desc=desc, unit="frame", disable=not progress)
+        return [bad for bad in checked if bad is not None]
+
+
+def bad_frames_report(bad: Sequence[BadFrame], source: str, limit: int = 20) -> str:
+    """``N bad frames in SOURCE:`` and the first ``limit`` messages, one per line."""
+    lines = [f"{len(bad)} bad frame(s) in {source}:", *(f"  {b.message}" for b in bad[:limit])]
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more")
+    return "\n".join(lines)
 
 
 def valid_frames(video: Video) -> list[int]:
@@ -81,14 +192,10 @@ class _VideoFrames:
 
     def load_frame(self, video: Video, t: int) -> torch.Tensor:
         path = self.ann.frame_path(video, t)
-        if not path.is_file():
-            raise FileNotFoundError(f"video {video.id}: frame {t} file missing: {path}")
-        image = read_rgb(path)
-        if tuple(image.shape[-2:]) != (video.height, video.width):
-            raise ValueError(
-                f"video {video.id}: frame {t} ({path}) is {image.shape[-1]}x{image.shape[-2]}, "
-                f"the annotation says {video.width}x{video.height}"
-            )
+        image = read_rgb(path, frame_where(video, t))
+        problem = _size_problem(video, path, *image.shape[-2:])
+        if problem is not None:
+            raise BadFrameError(frame_where(video, t) + problem, path=str(path))
         return image
 
     def make_sample(self, video: Video, frames: list[int], flip: bool) -> ClipSample:
@@ -170,6 +277,54 @@ class VISTrainDataset(Dataset):
         return self.frames.make_sample(video, frames, flip)
 
 
+class SkipBadSamples(Dataset):
+    """Training items whose bad frames are replaced by the next readable item (bad_frames=skip).
+
+    Item ``(i, seed)`` is ``dataset[(i, seed)]`` when all its frames read, otherwise the first
+    readable one of ``(i + 1, seed)``, ``(i + 2, seed)``, ... (wrapping around): it depends only
+    on the key and the files, so runs stay reproducible and resumable whatever the worker layout.
+    Items are ``(sample, skipped)``, ``skipped`` the :class:`BadFrameError` message of item ``i``
+    when it was replaced (else None); :func:`collate_skipping` carries the messages to the
+    training step, which counts them, so the count is right with any number of loader workers.
+
+    Raises:
+        BadFrameError: every item has a bad frame.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[ClipSample, str | None]:
+        i, seed = key if isinstance(key, tuple) else (key, key)
+        skipped: str | None = None
+        for k in range(len(self)):
+            try:
+                return self.dataset[((i + k) % len(self), seed)], skipped
+            except BadFrameError as e:
+                skipped = skipped or str(e)
+        raise BadFrameError(f"every training sample has a bad frame, e.g. {skipped}")
+
+
+@dataclass
+class SkippingBatch(ClipBatch):
+    """A training batch under ``data.bad_frames=skip``: ``skipped`` holds one message (video,
+    frame, file, reason) per sample of the batch that replaced one with a bad frame."""
+
+    skipped: list[str] = field(default_factory=list)
+
+
+def collate_skipping(
+    items: list[tuple[ClipSample, str | None]], size_divisor: int = 32
+) -> SkippingBatch:
+    """:func:`collate_clips` of the items of :class:`SkipBadSamples`, keeping what was skipped."""
+    batch = collate_clips([sample for sample, _ in items], size_divisor=size_divisor)
+    values = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    return SkippingBatch(**values, skipped=[message for _, message in items if message])
+
+
 class VISFrameDataset(Dataset):
     """Every frame of every video, in file order, one frame per item (streamed evaluation)."""
 
@@ -203,6 +358,8 @@ class SeededSampler(Sampler):
     The order and the seeds depend only on ``(seed, epoch)``, so a run is reproducible and an
     exact resume replays the same samples. Lightning calls :meth:`set_epoch` every epoch. Ranks
     take interleaved slices of one permutation (padded by wrap-around to equal length).
+    :meth:`resume` makes the next pass over an epoch start part-way (a mid-epoch resume; the
+    length stays the epoch's, as Lightning counts the batches already trained on).
     """
 
     def __init__(
@@ -215,6 +372,7 @@ class SeededSampler(Sampler):
         world_size: int | None = None,
     ) -> None:
         self.num_samples, self.shuffle, self.seed, self.epoch = num_samples, shuffle, seed, 0
+        self.start: tuple[int, int] | None = None  # (epoch, item) where the next pass begins
         auto_rank, auto_world = _dist_rank_world()
         self.rank = auto_rank if rank is None else rank
         self.world_size = auto_world if world_size is None else world_size
@@ -222,6 +380,14 @@ class SeededSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation and seeds of ``epoch``."""
         self.epoch = epoch
+
+    def resume(self, epoch: int, start: int) -> None:
+        """Start the next pass at item ``start`` of this rank's order of ``epoch``.
+
+        Applies once, and only if that pass is over ``epoch`` (a checkpoint saved at the end of
+        an epoch resumes at the next epoch, which then starts at its beginning).
+        """
+        self.epoch, self.start = epoch, (epoch, start)
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.world_size)
@@ -232,7 +398,51 @@ class SeededSampler(Sampler):
         seeds = rng.integers(0, 2**31 - 1, size=self.num_samples)
         total = len(self) * self.world_size
         order = np.resize(order, total)[self.rank :: self.world_size]
-        return iter([(int(i), int(seeds[i])) for i in order])
+        start, self.start = self.pending_start(), None
+        return iter([(int(i), int(seeds[i])) for i in order[start:]])
+
+    def pending_start(self) -> int:
+        """Where the next pass starts in this rank's order (see :meth:`resume`)."""
+        return self.start[1] if self.start is not None and self.start[0] == self.epoch else 0
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader over a :class:`SeededSampler` whose position Lightning checkpoints.
+
+    Lightning stores :meth:`state_dict` (the epoch and the samples of it trained on) in every
+    checkpoint and, resuming in the middle of an epoch, calls :meth:`load_state_dict` before it
+    iterates: the sampler then continues that epoch where the interrupted run stopped, with the
+    same per-sample seeds, so no sample is repeated or skipped. Samples are counted as batches
+    leave the loader: Lightning takes a batch from a loader of known length only to train on it.
+
+    Iteration starts at the first batch, not at ``iter()``: Lightning calls ``iter()`` before the
+    sampler's ``set_epoch`` (and not again for the first epoch of a resumed run), and worker
+    processes would otherwise draw their first indices from the wrong epoch's order. Give the
+    loader its own ``generator``: then creating workers never draws from torch's global random
+    state, which a resumed run restores from the checkpoint.
+    """
+
+    _position: tuple[int, int] = (0, 0)
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        sampler = self.sampler
+        assert isinstance(sampler, SeededSampler) and self.batch_size is not None
+        epoch, samples = sampler.epoch, sampler.pending_start()
+        self._position = (epoch, samples)
+        for batch in super().__iter__():
+            samples += self.batch_size
+            self._position = (epoch, samples)
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "samples"}``: the epoch in progress and this rank's samples of it used."""
+        epoch, samples = self._position
+        return {"epoch": epoch, "samples": samples}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue epoch ``state["epoch"]`` after its first ``state["samples"]`` samples."""
+        assert isinstance(self.sampler, SeededSampler)
+        self.sampler.resume(state["epoch"], state["samples"])
 
 
 class VideoSequentialSampler(Sampler):

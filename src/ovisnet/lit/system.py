@@ -21,11 +21,16 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from ovisnet.errors import ConfigError
 from ovisnet.evaluation import GroundTruth, evaluate_results
 from ovisnet.evaluation.formatting import write_results
 from ovisnet.structures import ClipBatch
-from ovisnet.tracking.predictor import StreamPredictor, VideoPredictor
-from ovisnet.tracking.tracker import OnlineTracker
+from ovisnet.tracking.predictor import (
+    FrameTracker,
+    OfflineTracker,
+    StreamPredictor,
+    VideoPredictor,
+)
 
 # Below this share (calibration output / query magnitude) the calibration counts as dead.
 DEAD_CALIBRATION_SHARE = 1e-3
@@ -59,6 +64,18 @@ def warmup_multistep(
     return factor
 
 
+def check_tracker_factory(tracker: Callable[[], Any]) -> None:
+    """Build one tracker from the factory; a wrong argument becomes a message naming the fix."""
+    try:
+        tracker()
+    except TypeError as error:
+        raise ConfigError(
+            f"system.tracker cannot be built: {error}. A preset's system.tracker.* settings "
+            "apply to its own tracker (e.g. `weights` to masktrack / iou / seq, not deepsort): "
+            "drop them with ~system.tracker.weights (train) or pick the tracker's own keys"
+        ) from error
+
+
 class VISSystem(L.LightningModule):
     """Train with the model's losses; validate by streaming whole videos through a predictor.
 
@@ -70,8 +87,11 @@ class VISSystem(L.LightningModule):
     Args:
         model: the plain model.
         optimizer: factory ``params -> torch.optim.Optimizer`` (Hydra ``_partial_``).
-        tracker: factory ``() -> OnlineTracker`` (Hydra ``_partial_``), one call per video, for
-            the default predictor (None with a ``predictor`` that needs none).
+        tracker: factory ``() -> tracker`` (Hydra ``_partial_``, config group ``tracker=``:
+            ``OnlineTracker``, ``IoUTracker``, ``DeepSORTTracker`` or the offline
+            ``SeqTracker``), one call per video, for the default predictor (None with a
+            ``predictor`` that needs none). Called once here, so that a wrong argument fails
+            before training.
         paste: mask pasting function (``instances, image_size=, original_size= ->
             instances``); None (the default) uses the model's own ``paste`` method, so a model
             swap never meets the other family's mask format.
@@ -101,7 +121,7 @@ class VISSystem(L.LightningModule):
         self,
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        tracker: Callable[[], OnlineTracker] | None = None,
+        tracker: Callable[[], FrameTracker | OfflineTracker] | None = None,
         paste: Callable[..., Any] | None = None,
         *,
         predictor: Callable[..., StreamPredictor] | None = None,
@@ -128,6 +148,8 @@ class VISSystem(L.LightningModule):
             )
         self.model = model
         self.optimizer_factory = optimizer
+        if tracker is not None:
+            check_tracker_factory(tracker)
         self.tracker_factory = tracker
         self.predictor_factory = predictor
         self.paste = paste if paste is not None else getattr(model, "paste", None)
@@ -302,7 +324,9 @@ class VISSystem(L.LightningModule):
             return "test"
         return "val"
 
-    def _eval_step(self, batch: ClipBatch, prefix: str) -> None:
+    def _eval_step(self, batch: ClipBatch | None, prefix: str) -> None:
+        if batch is None:  # a rank without videos: it only joins the gathering at the epoch end
+            return
         if len(batch) != 1 or batch.images.shape[1] != 1:
             raise ValueError("evaluation streams one frame per batch")
         video_id, t = batch.video_ids[0], batch.frame_indices[0][0]
@@ -331,10 +355,10 @@ class VISSystem(L.LightningModule):
             oracle=self.hparams.oracle,
         )
 
-    def validation_step(self, batch: ClipBatch, batch_idx: int) -> None:
+    def validation_step(self, batch: ClipBatch | None, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: ClipBatch, batch_idx: int) -> None:
+    def test_step(self, batch: ClipBatch | None, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
     def _gather_results(self) -> list[dict[str, Any]]:

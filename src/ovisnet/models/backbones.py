@@ -37,6 +37,8 @@ from torchvision.ops.feature_pyramid_network import (
     LastLevelP6P7,
 )
 
+from ovisnet.errors import ConfigError, MissingFileError
+
 log = logging.getLogger(__name__)
 
 FPN_STRIDES = (4, 8, 16, 32)
@@ -127,9 +129,9 @@ def _torchvision_weights_file(name: str, weights: str) -> Path:
     try:
         enum = get_model_weights(name)
     except ValueError as exc:
-        raise ValueError(f"backbone.weights=imagenet: torchvision has no model {name!r}") from exc
+        raise ConfigError(f"backbone.weights=imagenet: torchvision has no model {name!r}") from exc
     if not hasattr(enum, "IMAGENET1K_V1"):
-        raise ValueError(
+        raise ConfigError(
             f"backbone.weights=imagenet: torchvision has no ImageNet weights of {name}"
         )
     return cached_weights_file(
@@ -142,11 +144,11 @@ def _load_body(body: nn.Module, path: Path, weights: str) -> None:
     from ovisnet.models.checkpoint import read_state
 
     if not path.is_file():
-        raise FileNotFoundError(f"backbone.weights={weights}: no such file {path}")
+        raise MissingFileError(f"backbone.weights={weights}: no such file {path}")
     result = body.load_state_dict(read_state(path), strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"backbone.weights={weights}: {path} does not fit this backbone; missing "
             f"{len(missing)} tensors, e.g. {missing[:3]}"
         )
@@ -227,7 +229,7 @@ def _timm_weights_file(name: str, weights: str) -> Path:
     if weights != "imagenet":
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"backbone.weights={weights}: no such file")
+            raise MissingFileError(f"backbone.weights={weights}: no such file")
         return path
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_CACHE
@@ -235,14 +237,14 @@ def _timm_weights_file(name: str, weights: str) -> Path:
     cfg = timm.models.get_pretrained_cfg(name)
     repo = getattr(cfg, "hf_hub_id", None)
     if not repo:
-        raise ValueError(f"backbone.weights=imagenet: timm has no hub weights for {name!r}")
+        raise ConfigError(f"backbone.weights=imagenet: timm has no hub weights for {name!r}")
     repo, _, revision = repo.partition("@")
     files = ("model.safetensors", "pytorch_model.bin")
     for filename in files:
         found = try_to_load_from_cache(repo, filename, revision=revision or None)
         if isinstance(found, str):
             return Path(found)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"backbone.weights=imagenet needs timm's {name} weights (Hugging Face repo {repo}), "
         f"which are not in the Hugging Face cache {HF_HUB_CACHE}: on a machine with internet "
         f"run `huggingface-cli download {repo} {files[0]}` (HF_HOME moves the cache) and copy "

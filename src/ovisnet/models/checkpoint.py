@@ -37,6 +37,7 @@ from torchvision.models.detection import (
     maskrcnn_resnet50_fpn,
 )
 
+from ovisnet.errors import ConfigError, MissingFileError
 from ovisnet.models.sipmask import SipMaskVIS
 from ovisnet.models.stemseg import STEmSeg
 
@@ -178,7 +179,7 @@ def load_coco_maskrcnn(model: nn.Module, path: str | Path) -> LoadReport:
         )
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"COCO Mask R-CNN checkpoint not found: {path}")
+        raise MissingFileError(f"COCO Mask R-CNN checkpoint not found: {path}")
     report = _load(model, read_state(path), COCO_MODULES, "not a Mask R-CNN module")
     report.source = str(path)
     log.info("%s", report)
@@ -227,7 +228,7 @@ def cached_weights_file(
     """
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{key} needs {type(weights).__name__}.{weights.name}, which is not in "
             f"torch hub's cache: place the file {weights.url} at {path} (download it on a "
             f"machine with internet; TORCH_HOME moves the cache), or train from scratch with "
@@ -248,7 +249,7 @@ def _check_backbone(
     with torch.device("meta"):
         reference = builder(weights=None, weights_backbone=None).state_dict()
     if not _fits(model.state_dict(), reference, prefixes):
-        raise ValueError(
+        raise ConfigError(
             f"init_from=coco: the COCO weights fit a ResNet-50 backbone with a 256-channel FPN "
             f"only; this {type(model).__name__} has another backbone (use "
             f"model/backbone=r50_fpn, or init_from=null to train from scratch)"
@@ -268,7 +269,7 @@ def _imagenet_weights(model: nn.Module) -> WeightsEnum:
         reference = {f"backbone.body.{k}": v for k, v in reference.items()}
         if _fits(own, reference, ("backbone.body.",)):
             return weights
-    raise ValueError(
+    raise ConfigError(
         f"init_from=coco: STEm-Seg takes ImageNet weights for a "
         f"{' / '.join(IMAGENET_RESNETS)} backbone only (the COCO detectors' backbone is a "
         f"ResNet-50 with a 256-channel FPN); use model/backbone=r50_fpn, or init_from=null"

@@ -6,22 +6,26 @@ features wait in a window of ``±eps_test`` frames, so frame ``t`` is detected a
 :func:`~ovisnet.data.sampling.reference_frames`. Outputs are pasted back to the original
 resolution and kept only as RLE by :class:`~ovisnet.evaluation.formatting.VideoResultBuilder`,
 so memory stays flat in the video length.
+
+The tracker is any :class:`FrameTracker` (MaskTrack's online tracker, IoUTracker+, DeepSORT:
+ids as frames arrive) or :class:`OfflineTracker` (SeqTracker: the frames' detections are
+buffered as boxes, scores, labels and RLEs, and linked into tracks when the video ends).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ovisnet.data.sampling import reference_frames
-from ovisnet.evaluation.formatting import VideoResultBuilder
+from ovisnet.evaluation.formatting import VideoResultBuilder, encode_mask
 from ovisnet.structures import ClipBatch, FeatureMaps, Instances
-from ovisnet.tracking.tracker import OnlineTracker, oracle_detections
+from ovisnet.tracking.tracker import oracle_detections
 
 
 def video_of(batch: ClipBatch) -> dict[str, Any]:
@@ -55,6 +59,28 @@ class StreamPredictor(Protocol):
 
     def finalize(self) -> list[dict[str, Any]]:
         """The video's ``results.json`` entries (once :attr:`done`)."""
+        ...
+
+
+class FrameTracker(Protocol):
+    """An online tracker: ids are decided frame by frame (``OnlineTracker``, ``IoUTracker``,
+    ``DeepSORTTracker``)."""
+
+    def step(self, detections: Instances, embeddings: Tensor) -> Instances:
+        """The frame's kept detections (input order) with ``track_ids`` set."""
+        ...
+
+
+@runtime_checkable
+class OfflineTracker(Protocol):
+    """A tracker that needs the whole video (``SeqTracker``): frames are buffered, then linked."""
+
+    def add(self, detections: Instances, masks: Sequence[Any] | None = None) -> None:
+        """Buffer the next frame's detections (original resolution, masks as RLE payloads)."""
+        ...
+
+    def link(self) -> list[tuple[Instances, list[Any]]]:
+        """Per frame: the kept detections (input order) with ``track_ids``, and their masks."""
         ...
 
 
@@ -93,7 +119,9 @@ class VideoPredictor:
 
     Args:
         model: the detector (``extract_features`` / ``detect`` / ``embed``).
-        tracker: the video's fresh :class:`OnlineTracker`.
+        tracker: the video's fresh tracker: a :class:`FrameTracker` (e.g.
+            :class:`~ovisnet.tracking.tracker.OnlineTracker`) or an :class:`OfflineTracker`
+            (linked at :meth:`finalize`).
         paste: turns one frame's detections into original-resolution bool masks, e.g.
             ``functools.partial(paste_masks, ...)`` of the model family.
         video_id: dataset id of the video.
@@ -109,7 +137,7 @@ class VideoPredictor:
     def __init__(
         self,
         model: TrackingDetector,
-        tracker: OnlineTracker,
+        tracker: FrameTracker | OfflineTracker,
         paste: Callable[..., Instances],
         *,
         video_id: int,
@@ -121,6 +149,7 @@ class VideoPredictor:
         oracle: bool = False,
     ) -> None:
         self.model, self.tracker, self.paste = model, tracker, paste
+        self.offline = isinstance(tracker, OfflineTracker)
         self.length, self.image_size, self.original_size = length, image_size, original_size
         self.category_ids = list(category_ids)
         self.use_references = getattr(model, "calibration", None) is not None
@@ -137,7 +166,7 @@ class VideoPredictor:
         cls,
         batch: ClipBatch,
         model: TrackingDetector,
-        tracker: OnlineTracker,
+        tracker: FrameTracker | OfflineTracker,
         paste: Callable[..., Instances],
         category_ids: Sequence[int],
         **kwargs: Any,
@@ -188,17 +217,20 @@ class VideoPredictor:
         else:
             refs = reference_frames(t, self.length, self.eps) if self.use_references else []
             dets = self.model.detect(query, [self.image_size], [self.features[r] for r in refs])[0]
+        if self.offline:
+            # no embeddings needed; only boxes, scores, labels and RLEs wait for the video's end
+            rles = []
+            if len(dets):
+                dets = self._to_original(dets)
+                assert dets.masks is not None
+                rles = [encode_mask(m) for m in dets.masks.cpu().numpy()]
+            cast(OfflineTracker, self.tracker).add(replace(dets, masks=None), rles)
+            return
         embeddings = self.model.embed(query, [dets.boxes])[0]
-        kept = self.tracker.step(dets, embeddings)
+        kept = cast(FrameTracker, self.tracker).step(dets, embeddings)
         if len(kept) == 0:
             return
-        if self.oracle:
-            assert kept.masks is not None
-            kept = replace(
-                kept, masks=masks_to_original(kept.masks, self.image_size, self.original_size)
-            )
-        else:
-            kept = self.paste(kept, image_size=self.image_size, original_size=self.original_size)
+        kept = self._to_original(kept)
         assert kept.masks is not None and kept.scores is not None
         masks = kept.masks.cpu().numpy()
         for i in range(len(kept)):
@@ -210,10 +242,29 @@ class VideoPredictor:
                 masks[i],
             )
 
+    def _to_original(self, detections: Instances) -> Instances:
+        """Boxes and masks back to the original frame (bool masks)."""
+        if self.oracle:
+            assert detections.masks is not None
+            masks = masks_to_original(detections.masks, self.image_size, self.original_size)
+            return replace(detections, masks=masks)
+        return self.paste(detections, image_size=self.image_size, original_size=self.original_size)
+
     def finalize(self) -> list[dict[str, Any]]:
         """The video's result entries (call once every frame was pushed)."""
         if not self.done:
             raise RuntimeError(
                 f"video {self.builder.video_id}: {self.next_output} of {self.length} frames done"
             )
+        if self.offline:
+            for t, (kept, rles) in enumerate(cast(OfflineTracker, self.tracker).link()):
+                assert kept.scores is not None
+                for i, rle in enumerate(rles):
+                    self.builder.add(
+                        int(kept.track_ids[i]),
+                        t,
+                        float(kept.scores[i]),
+                        self.category_ids[int(kept.labels[i])],
+                        rle,
+                    )
         return self.builder.finalize()

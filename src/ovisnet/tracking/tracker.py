@@ -114,13 +114,7 @@ class OnlineTracker:
             ids = self.memory.append(embeddings, detections.boxes, detections.labels, frame)
             return replace(detections, track_ids=ids)
 
-        scores = association_scores(
-            match_logits(embeddings, self.memory.embeddings[candidates]),
-            detections.scores,
-            box_iou(detections.boxes, self.memory.boxes[candidates]),
-            detections.labels[:, None] == self.memory.labels[candidates][None, :],
-            self.weights,
-        )
+        scores = self.scores(detections, embeddings, candidates)
         best_v, best_n = scores.max(dim=1)
         new: list[int] = []
         claims: dict[int, tuple[float, int]] = {}  # track id -> (best v so far, detection)
@@ -152,6 +146,27 @@ class OnlineTracker:
             )
         kept = track_ids >= 0
         return replace(detections, track_ids=track_ids)[kept]
+
+    def scores(self, detections: Instances, embeddings: Tensor, candidates: Tensor) -> Tensor:
+        """Eq. 3 of each detection against the candidate tracks (the association to override).
+
+        Args:
+            detections: the frame's ``N`` detections (scores set).
+            embeddings: their ``(N, D)`` track embeddings.
+            candidates: ``(C,)`` ids of the memory rows that may be matched.
+
+        Returns:
+            ``(N, C + 1)`` scores ``v``, column 0 = "new object", column ``k + 1`` = track
+            ``candidates[k]``.
+        """
+        assert detections.scores is not None
+        return association_scores(
+            match_logits(embeddings, self.memory.embeddings[candidates]),
+            detections.scores,
+            box_iou(detections.boxes, self.memory.boxes[candidates]),
+            detections.labels[:, None] == self.memory.labels[candidates][None, :],
+            self.weights,
+        )
 
 
 def oracle_detections(ground_truth: Instances) -> Instances:
