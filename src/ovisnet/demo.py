@@ -413,20 +413,9 @@ def run_demo(
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     """Split ``key=value`` arguments into the demo's keys and run-config overrides."""
-    own: dict[str, str] = {}
-    overrides: list[str] = []
-    for arg in argv:
-        if "=" not in arg:
-            raise SystemExit(f"ovisnet.demo: expected key=value, got {arg!r}\n\n{USAGE}")
-        key, value = arg.split("=", 1)
-        if key in DEMO_KEYS:
-            own[key] = value
-        else:
-            overrides.append(arg)
-    for key in ("ckpt_path", "input"):
-        if key not in own:
-            raise SystemExit(f"ovisnet.demo: {key}=... is required\n\n{USAGE}")
-    return own, overrides
+    from ovisnet.eval import split_arguments
+
+    return split_arguments(argv, DEMO_KEYS, ("ckpt_path", "input"), "ovisnet.demo", USAGE)
 
 
 def main(argv: list[str] | None = None) -> None:

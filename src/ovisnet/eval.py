@@ -44,20 +44,33 @@ EVAL_KEYS = ("ckpt_path", "split", "config", "output_dir")
 USAGE = __doc__
 
 
-def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Split ``key=value`` arguments into the evaluation's keys and run-config overrides."""
+def split_arguments(
+    argv: list[str], keys: tuple[str, ...], required: tuple[str, ...], prog: str, usage: str
+) -> tuple[dict[str, str], list[str]]:
+    """Split ``key=value`` arguments into a command's own ``keys`` and run-config overrides.
+
+    Raises:
+        SystemExit: with the usage, for an argument without ``=`` or a missing required key.
+    """
     own: dict[str, str] = {}
     overrides: list[str] = []
     for arg in argv:
         if "=" not in arg:
-            raise SystemExit(f"ovisnet.eval: expected key=value, got {arg!r}\n\n{USAGE}")
+            raise SystemExit(f"{prog}: expected key=value, got {arg!r}\n\n{usage}")
         key, value = arg.split("=", 1)
-        if key in EVAL_KEYS:
+        if key in keys:
             own[key] = value
         else:
             overrides.append(arg)
-    if "ckpt_path" not in own:
-        raise SystemExit(f"ovisnet.eval: ckpt_path=... is required\n\n{USAGE}")
+    for key in required:
+        if key not in own:
+            raise SystemExit(f"{prog}: {key}=... is required\n\n{usage}")
+    return own, overrides
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split ``key=value`` arguments into the evaluation's keys and run-config overrides."""
+    own, overrides = split_arguments(argv, EVAL_KEYS, ("ckpt_path",), "ovisnet.eval", USAGE)
     split = own.setdefault("split", "val")
     if split not in ("val", "test"):
         raise SystemExit(f"ovisnet.eval: split must be val or test, got {split!r}")
