@@ -115,6 +115,11 @@ EVALUATIONS = (
         if overrides
     ),
 )
+# report label -> ledger row: MaskTrack's own tracker / all cues is the MaskTrack R-CNN row
+TRACKER_ROWS = {
+    k: ("MaskTrack R-CNN" if v == "masktrack" else f"tracker: {k}") for k, v in TRACKERS.items()
+}
+CUE_ROWS = {k: ("MaskTrack R-CNN" if not v else f"cues: {k}") for k, v in CUES.items()}
 PAPER_OVIS_VAL = {  # OVIS paper, Table 2, OVIS validation set (R50), real OVIS: not our data
     "MaskTrack R-CNN": 10.9,
     "CMaskTrack R-CNN": 14.9,
@@ -343,11 +348,8 @@ def write_chart(ledger: Ledger, seeds: list[int], path: Path) -> None:
     groups = {
         "OVIS Table 2": {k: k for k in TABLE2},
         "Fig. 8 fusion": {k: v for k, v in FIG8.items()},
-        "Trackers": {
-            k: ("MaskTrack R-CNN" if v == "masktrack" else f"tracker: {k}")
-            for k, v in TRACKERS.items()
-        },
-        "Eq. 3 cues": {k: ("MaskTrack R-CNN" if not v else f"cues: {k}") for k, v in CUES.items()},
+        "Trackers": TRACKER_ROWS,
+        "Eq. 3 cues": CUE_ROWS,
     }
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.2))
     for ax, (title, rows) in zip(axes, groups.items(), strict=True):
@@ -437,14 +439,11 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
         "## YouTube-VIS Table 1: trackers on MaskTrack R-CNN's detections",
         "",
     ]
-    tracker_rows = {
-        k: ("MaskTrack R-CNN" if v == "masktrack" else f"tracker: {k}") for k, v in TRACKERS.items()
-    }
     for set_name in ("val", "second"):
         sections += [
             table(
                 ledger,
-                tracker_rows,
+                TRACKER_ROWS,
                 set_name,
                 seeds,
                 keys=("AP", "AP50", "AP75", "AR1", "AR10"),
@@ -457,14 +456,13 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
         "## YouTube-VIS Table 2: the cues of Eq. 3",
         "",
     ]
-    cue_rows = {k: ("MaskTrack R-CNN" if not v else f"cues: {k}") for k, v in CUES.items()}
     for set_name in ("val", "second"):
-        sections += [table(ledger, cue_rows, set_name, seeds, keys=("AP", "AP50", "AP75")), ""]
+        sections += [table(ledger, CUE_ROWS, set_name, seeds, keys=("AP", "AP50", "AP75")), ""]
     claims = [
         ("Calibration beats plain MaskTrack R-CNN", "CMaskTrack R-CNN", "MaskTrack R-CNN", "AP"),
-        ("… most on heavy occlusion (AP_HO)", "CMaskTrack R-CNN", "MaskTrack R-CNN", "AP_HO"),
+        ("… and on heavy occlusion (AP_HO)", "CMaskTrack R-CNN", "MaskTrack R-CNN", "AP_HO"),
         ("Calibration beats plain SipMask-VIS", "CSipMask", "SipMask-VIS", "AP"),
-        ("… most on heavy occlusion (AP_HO)", "CSipMask", "SipMask-VIS", "AP_HO"),
+        ("… and on heavy occlusion (AP_HO)", "CSipMask", "SipMask-VIS", "AP_HO"),
         (
             "Calibration beats the difference fusion",
             "CMaskTrack R-CNN",
