@@ -52,6 +52,9 @@ def test_a_killed_run_resumes_from_its_last_finished_row(pt, monkeypatch, tmp_pa
         pt.main(args)
     first = list(calls)
     assert len(pt.Ledger.load(tmp_path / "work" / "rows.json").rows) == 8
+    # each training is followed by the evaluations of its checkpoint before the next training
+    assert first[0] == "train CMaskTrack R-CNN 0" and first[7] == "train MaskTrack R-CNN 0"
+    assert all(c.startswith("eval CMaskTrack R-CNN.ckpt") for c in first[1:7])
     calls.clear()
     _fake(pt, monkeypatch, calls)
     pt.main(args)
@@ -68,6 +71,7 @@ def test_a_killed_run_resumes_from_its_last_finished_row(pt, monkeypatch, tmp_pa
     )
     assert "| The learned tracker beats IoUTracker+ | holds |" in report
     assert "| The learned tracker beats DeepSORT | no difference |" in report
+    assert "| features (fast) | 30.00 | 30.00 |" in report  # the fusion=features row, val
     assert "14.9" in report  # the paper's figure, in its own labelled column
 
 
