@@ -104,6 +104,15 @@ def test_eval_from_checkpoint_rebuilds_the_run_and_reproduces_its_validation(
     for key, value in summary["metrics"].items():
         assert value == pytest.approx(100.0 * expected[key], abs=1e-9)
     assert "AP_HO" in printed and f"{summary['metrics']['AP']:7.2f}" in printed
+    # streamed inference time: every val frame counted once, printed per frame
+    frames = sum(
+        len(v["file_names"])
+        for v in json.loads((tiny_synthetic / "annotations" / "valid.json").read_text())["videos"]
+    )
+    timing = summary["timing"]
+    assert timing["frames"] == frames and timing["seconds"] > 0
+    assert timing["ms_per_frame"] == pytest.approx(1000 * timing["seconds"] / frames)
+    assert f"inference: {timing['ms_per_frame']:.0f} ms/frame over {frames} frames" in printed
 
 
 def test_eval_overrides_reach_the_rebuilt_run(cli_run, tmp_path):

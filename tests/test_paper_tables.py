@@ -37,7 +37,11 @@ def _fake(pt, monkeypatch, calls: list[str], fail_at: int | None = None):
             raise KeyboardInterrupt
         name = out.name
         value = next((v for k, v in ap.items() if pt.slug(k) in name), 20.0)
-        return {k: (value if k != "AP_SO" else -100.0) for k in pt.METRICS}
+        metrics = {k: (value if k != "AP_SO" else -100.0) for k in pt.METRICS}
+        return {
+            "metrics": metrics,
+            "timing": {"ms_per_frame": 400.0 if "features" in name else 500.0},
+        }
 
     monkeypatch.setattr(pt, "train_row", train_row)
     monkeypatch.setattr(pt, "evaluate_row", evaluate_row)
@@ -71,7 +75,9 @@ def test_a_killed_run_resumes_from_its_last_finished_row(pt, monkeypatch, tmp_pa
     )
     assert "| The learned tracker beats IoUTracker+ | holds |" in report
     assert "| The learned tracker beats DeepSORT | no difference |" in report
-    assert "| features (fast) | 30.00 | 30.00 |" in report  # the fusion=features row, val
+    # the fusion=features row: AP, AP_HO, ms/frame on val, then the second set
+    assert "| features (fast) | 30.00 | 30.00 | 400 |" in report
+    assert "| predictions (papers) | 30.00 | 30.00 | 500 |" in report
     assert "14.9" in report  # the paper's figure, in its own labelled column
 
 

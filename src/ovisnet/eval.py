@@ -241,9 +241,16 @@ def evaluate(
             "epoch": state.get("epoch"),
             "results_dir": str(results_dir),
             "metrics": metrics,
+            "timing": system.last_timing,
         }
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         print(f"results: {results_dir}/results.json (+ results.zip)")
+        if system.last_timing:
+            t = system.last_timing
+            print(
+                f"inference: {t['ms_per_frame']:.0f} ms/frame over {t['frames']} frames "
+                "(model, tracker, masks; data loading and scoring excluded)"
+            )
         if metrics:
             title = f"{split} split, {ckpt.name}, percent:"
             print(

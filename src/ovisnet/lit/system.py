@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -161,6 +162,10 @@ class VISSystem(L.LightningModule):
         self.last_results: list[dict[str, Any]] = []
         self.last_results_dir: Path | None = None
         self.last_eval_epoch: int | None = None
+        # streamed inference of the last evaluation on this rank: frames and seconds spent in the
+        # predictors (model, tracker, mask pasting, RLE), data loading and scoring excluded
+        self.last_timing: dict[str, float] = {}
+        self._timing = [0, 0.0]
         self._warned_dead_calibration = False
         self._warned_bad_frames: set[str] = set()
 
@@ -335,10 +340,13 @@ class VISSystem(L.LightningModule):
             self._predictors[video_id] = self.make_predictor(batch, [c.id for c in ann.categories])
         predictor = self._predictors[video_id]
         target = batch.targets[0][0] if batch.targets is not None else None
+        started = time.perf_counter()
         predictor.push(batch.images[0, 0], target)
         if predictor.done:
             self._results.extend(predictor.finalize())
             del self._predictors[video_id]
+        self._timing[0] += 1
+        self._timing[1] += time.perf_counter() - started
 
     def make_predictor(self, batch: ClipBatch, category_ids: list[int]) -> StreamPredictor:
         """The predictor of the video of ``batch`` (its first evaluation batch)."""
@@ -364,6 +372,14 @@ class VISSystem(L.LightningModule):
     def _gather_results(self) -> list[dict[str, Any]]:
         results, self._results = self._results, []
         self._predictors.clear()  # videos cut short (sanity check, limit_val_batches)
+        frames, seconds = self._timing
+        self._timing = [0, 0.0]
+        if frames and not self.trainer.sanity_checking:
+            self.last_timing = {
+                "frames": frames,
+                "seconds": seconds,
+                "ms_per_frame": 1000.0 * seconds / frames,
+            }
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, results)
