@@ -181,8 +181,11 @@ def ensure_sets(data_root: Path, second_root: Path) -> None:
 
 
 def train_row(training: Training, seed: int, work: Path, data_root: Path) -> dict[str, Any]:
-    """Run ``python -m ovisnet.train`` for one row and seed; its last checkpoint."""
+    """Run ``python -m ovisnet.train`` for one row and seed; its last checkpoint. A training
+    killed part-way (its ``last.ckpt``, written every ``checkpoint_every_n_steps`` steps, is there
+    but the ledger has no row) continues from that checkpoint."""
     run_dir = work / "runs" / f"{slug(training.name)}_seed{seed}"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     cmd = [
         sys.executable,
         "-m",
@@ -194,14 +197,16 @@ def train_row(training: Training, seed: int, work: Path, data_root: Path) -> dic
         "evaluate_after_training=false",
         f"hydra.run.dir={run_dir}",
     ]
+    if ckpt.is_file():
+        print(f"  resuming from {ckpt}", flush=True)
+        cmd.append(f"ckpt_path={ckpt}")
     log = run_dir.parent / f"{run_dir.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
+    with log.open("a") as out:
         proc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
         raise RuntimeError(f"training {training.name} (seed {seed}) failed; {log}:\n{tail}")
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise RuntimeError(f"training {training.name} wrote no {ckpt}")
     return {"ckpt": str(ckpt), "command": " ".join(cmd[2:])}

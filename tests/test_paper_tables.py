@@ -96,3 +96,21 @@ def test_cells_and_verdicts_over_seeds(pt, tmp_path):
         "val +0.00, per seed -2.00 to +2.00; second set +0.00, per seed -2.00 to +2.00"
     )
     assert pt.holds(ledger, "A", "C", [0]) == "not run"
+
+
+def test_a_training_killed_part_way_resumes_from_its_last_checkpoint(pt, monkeypatch, tmp_path):
+    commands: list[list[str]] = []
+
+    def fake_run(cmd, **kwargs):
+        commands.append(cmd)
+        run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("hydra.run.dir=")))
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(pt.subprocess, "run", fake_run)
+    training = pt.TRAININGS[0]
+    first = pt.train_row(training, 0, tmp_path, tmp_path / "data")
+    assert not any(a.startswith("ckpt_path=") for a in commands[0])  # a fresh run
+    again = pt.train_row(training, 0, tmp_path, tmp_path / "data")  # the ledger had no row
+    assert commands[1][-1] == f"ckpt_path={first['ckpt']}" and again["ckpt"] == first["ckpt"]
