@@ -114,3 +114,17 @@ def test_a_training_killed_part_way_resumes_from_its_last_checkpoint(pt, monkeyp
     assert not any(a.startswith("ckpt_path=") for a in commands[0])  # a fresh run
     again = pt.train_row(training, 0, tmp_path, tmp_path / "data")  # the ledger had no row
     assert commands[1][-1] == f"ckpt_path={first['ckpt']}" and again["ckpt"] == first["ckpt"]
+
+
+def test_a_partial_ledger_writes_a_report_that_says_what_is_missing(pt, tmp_path):
+    ledger = pt.Ledger(tmp_path / "rows.json")
+    steps = pt.plan([0])
+    for key, _ in steps[:7]:  # CMaskTrack R-CNN trained and evaluated, nothing else
+        ledger.rows[key] = {"seconds": 1.0, "metrics": {k: 25.0 for k in pt.METRICS}}
+    out = tmp_path / "docs" / "t.md"
+    pt.write_report(ledger, [0], out)
+    report = out.read_text()
+    assert f"**Partial run:** {len(steps) - 7} of {len(steps)} steps" in report
+    assert "(trainings left: MaskTrack R-CNN, SipMask-VIS, CSipMask, STEm-Seg," in report
+    assert "| Calibration beats plain MaskTrack R-CNN | not run |" in report
+    assert "| CMaskTrack R-CNN | 25.00 |" in report and "| MaskTrack R-CNN | - |" in report
