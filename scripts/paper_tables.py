@@ -448,7 +448,7 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
     if missing:
         sections[-2:-2] = [
             f"**Partial run:** {len(missing)} of {len(plan(seeds))} steps are not finished "
-            f"(trainings left: {', '.join(trainings_left) or 'none'}); their cells read `-` and "
+            f"(trainings left: {'; '.join(trainings_left) or 'none'}); their cells read `-` and "
             f"their claims `not run`. `make paper-tables` continues from here.",
             "",
         ]

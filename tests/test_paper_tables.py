@@ -125,6 +125,6 @@ def test_a_partial_ledger_writes_a_report_that_says_what_is_missing(pt, tmp_path
     pt.write_report(ledger, [0], out)
     report = out.read_text()
     assert f"**Partial run:** {len(steps) - 7} of {len(steps)} steps" in report
-    assert "(trainings left: MaskTrack R-CNN, SipMask-VIS, CSipMask, STEm-Seg," in report
+    assert "(trainings left: MaskTrack R-CNN; SipMask-VIS; CSipMask; STEm-Seg;" in report
     assert "| Calibration beats plain MaskTrack R-CNN | not run |" in report
     assert "| CMaskTrack R-CNN | 25.00 |" in report and "| MaskTrack R-CNN | - |" in report
