@@ -504,6 +504,8 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
     ]
     for set_name in ("val", "second"):
         sections += [
+            f"{'Val split' if set_name == 'val' else 'Second set'}:",
+            "",
             table(
                 ledger,
                 TRACKER_ROWS,
@@ -520,7 +522,12 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
         "",
     ]
     for set_name in ("val", "second"):
-        sections += [table(ledger, CUE_ROWS, set_name, seeds, keys=("AP", "AP50", "AP75")), ""]
+        sections += [
+            f"{'Val split' if set_name == 'val' else 'Second set'}:",
+            "",
+            table(ledger, CUE_ROWS, set_name, seeds, keys=("AP", "AP50", "AP75")),
+            "",
+        ]
     claims = [
         ("Calibration beats plain MaskTrack R-CNN", "CMaskTrack R-CNN", "MaskTrack R-CNN", "AP"),
         ("… and on heavy occlusion (AP_HO)", "CMaskTrack R-CNN", "MaskTrack R-CNN", "AP_HO"),
