@@ -422,3 +422,64 @@ def test_video_of_is_what_the_predictor_needs():
     )
     p = VideoPredictor.for_video(batch, SceneModel(simple), SeqTracker(), paste, [1])
     assert p.offline and p.length == 2 and p.original_size == (32, 32)
+
+
+# -- DeepSORT's motion noise fitted to a training split --------------------------------------
+def _track(frames: int, jump_every: int = 0) -> np.ndarray:
+    """A 20x40 box moving 2 px per frame; with ``jump_every`` its visible part loses its left
+    three quarters every ``jump_every``-th frame (an occluder passing): the aspect ratio jumps."""
+    boxes = np.array([[10.0 + 2 * t, 20.0, 30.0 + 2 * t, 60.0] for t in range(frames)])
+    if jump_every:
+        boxes[jump_every - 1 :: jump_every, 0] += 15.0
+    return boxes
+
+
+def test_fitted_deepsort_noise_keeps_deepsorts_for_smooth_motion_and_widens_it_for_jumps():
+    from ovisnet.tracking.deepsort import NOISE_SCALES, fit_noise_scale, gate_coverage
+
+    smooth = [_track(12), _track(12) + 50.0]
+    assert gate_coverage(smooth, 1.0) == 1.0
+    assert fit_noise_scale(smooth) == (1.0, {1.0: 1.0})
+    hidden = _track(12)
+    hidden[4:7] = np.nan  # a gap: the gate is checked at the re-detection after it
+    assert gate_coverage([hidden], 1.0) == 1.0
+
+    jumpy = [_track(24, jump_every=3)]
+    scale, coverages = fit_noise_scale(jumpy)
+    assert coverages[1.0] < 0.95 <= coverages[scale] and scale > 1.0
+    assert list(coverages) == [s for s in NOISE_SCALES if s <= scale]  # smallest first, stops
+    assert all(a <= b for a, b in zip(coverages.values(), list(coverages.values())[1:]))
+    with pytest.raises(ValueError, match="two frames"):
+        gate_coverage([np.full((5, 4), np.nan)], 1.0)
+
+
+def test_fitted_noise_from_an_annotation_file_and_its_command(tiny_synthetic, capsys):
+    import json
+
+    from ovisnet.tracking.deepsort import annotation_tracks, noise_overrides
+    from ovisnet.tracking.fit_deepsort import main
+
+    path = tiny_synthetic / "annotations" / "train.json"
+    raw = json.loads(path.read_text())
+    tracks = annotation_tracks(str(path))
+    assert len(tracks) == len(raw["annotations"])
+    first = raw["annotations"][0]
+    for t, box in enumerate(first["bboxes"]):
+        if box is None:
+            assert np.isnan(tracks[0][t]).all()
+        else:
+            x, y, w, h = box
+            assert tracks[0][t] == pytest.approx([x, y, x + w, y + h])
+    main([str(path)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    scale = next(
+        s
+        for s in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+        if last.startswith(f"system.tracker.std_position={s / 20:g} ")
+    )
+    assert last == " ".join(f"system.tracker.{k}={v:g}" for k, v in noise_overrides(scale).items())
+    assert noise_overrides(1.0) == {
+        "std_position": 0.05,
+        "std_velocity": 0.00625,
+        "std_aspect": 0.1,
+    }

@@ -46,6 +46,7 @@ def _fake(pt, monkeypatch, calls: list[str], fail_at: int | None = None):
     monkeypatch.setattr(pt, "train_row", train_row)
     monkeypatch.setattr(pt, "evaluate_row", evaluate_row)
     monkeypatch.setattr(pt, "ensure_sets", lambda a, b: None)
+    monkeypatch.setattr(pt, "deepsort_fitted_overrides", lambda root: ("fitted=1",))
 
 
 def test_a_killed_run_resumes_from_its_last_finished_row(pt, monkeypatch, tmp_path):
@@ -75,6 +76,10 @@ def test_a_killed_run_resumes_from_its_last_finished_row(pt, monkeypatch, tmp_pa
     )
     assert "| The learned tracker beats IoUTracker+ | holds |" in report
     assert "| The learned tracker beats DeepSORT | no difference |" in report
+    # the fitted-noise DeepSORT row gets the fitted overrides instead of the placeholder
+    fitted = [c for c in first + calls if "fitted=1" in c]
+    assert len(fitted) == 2 and all("tracker=deepsort" in c for c in fitted)
+    assert not any(pt.FIT_DEEPSORT in c for c in first + calls)
     # the fusion=features row: AP, AP_HO, ms/frame on val, then the second set
     assert "| features (fast) | 30.00 | 30.00 | 400 |" in report
     assert "| predictions (papers) | 30.00 | 30.00 | 500 |" in report
