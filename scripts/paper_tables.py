@@ -25,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -257,6 +258,7 @@ def plan(seeds: list[int]) -> list[tuple[str, Any]]:
     return steps
 
 
+@functools.cache
 def deepsort_fitted_overrides(data_root: Path) -> tuple[str, ...]:
     """DeepSORT's noise scaled until its 0.95 gate admits 95 % of the true re-detections of the
     *train* split's ground truth (``python -m ovisnet.tracking.fit_deepsort``), as overrides."""

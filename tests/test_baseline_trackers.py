@@ -456,7 +456,7 @@ def test_fitted_deepsort_noise_keeps_deepsorts_for_smooth_motion_and_widens_it_f
 def test_fitted_noise_from_an_annotation_file_and_its_command(tiny_synthetic, capsys):
     import json
 
-    from ovisnet.tracking.deepsort import annotation_tracks, noise_overrides
+    from ovisnet.tracking.deepsort import NOISE_SCALES, annotation_tracks, noise_overrides
     from ovisnet.tracking.fit_deepsort import main
 
     path = tiny_synthetic / "annotations" / "train.json"
@@ -473,9 +473,7 @@ def test_fitted_noise_from_an_annotation_file_and_its_command(tiny_synthetic, ca
     main([str(path)])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     scale = next(
-        s
-        for s in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
-        if last.startswith(f"system.tracker.std_position={s / 20:g} ")
+        s for s in NOISE_SCALES if last.startswith(f"system.tracker.std_position={s / 20:g} ")
     )
     assert last == " ".join(f"system.tracker.{k}={v:g}" for k, v in noise_overrides(scale).items())
     assert noise_overrides(1.0) == {
