@@ -383,6 +383,16 @@ def holds(ledger: Ledger, a: str, b: str, seeds: list[int], key: str = "AP") -> 
     )
 
 
+def _eval_entries(ledger: Ledger, row: str, set_name: str, seeds: list[int]) -> list[dict]:
+    keys = (f"eval|{row}|{set_name}|{seed}" for seed in seeds)
+    return [ledger.rows[key] for key in keys if key in ledger.rows]
+
+
+def _ms_per_frame(entries: list[dict]) -> str:
+    ms = [e["timing"]["ms_per_frame"] for e in entries if e.get("timing")]
+    return f"{statistics.fmean(ms):.0f}" if ms else "-"
+
+
 def fusion_table(ledger: Ledger, seeds: list[int]) -> str:
     """AP, AP_HO, streamed inference ms/frame and evaluation wall time of
     ``reference_fusion=predictions|features``."""
@@ -394,15 +404,30 @@ def fusion_table(ledger: Ledger, seeds: list[int]) -> str:
         cells = [label]
         for set_name in ("val", "second"):
             cells += [cell(metric(ledger, row, set_name, k, seeds)) for k in ("AP", "AP_HO")]
-            entries = [
-                ledger.rows[key]
-                for key in (f"eval|{row}|{set_name}|{seed}" for seed in seeds)
-                if key in ledger.rows
-            ]
-            ms = [e["timing"]["ms_per_frame"] for e in entries if e.get("timing")]
+            entries = _eval_entries(ledger, row, set_name, seeds)
             secs = [float(e["seconds"]) for e in entries]
-            cells.append(f"{statistics.fmean(ms):.0f}" if ms else "-")
+            cells.append(_ms_per_frame(entries))
             cells.append(f"{statistics.fmean(secs):.0f}" if secs else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(ledger: Ledger, seeds: list[int], trainings: tuple[Training, ...]) -> str:
+    """What each training row cost on this machine: its preset, its training wall minutes (the
+    ledger's, of the run that finished it) and its streamed inference ms/frame on both sets."""
+    head = ["", "preset", "training min", "ms/frame val", "ms/frame second"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for training in trainings:
+        secs = [
+            float(ledger.rows[key]["seconds"])
+            for key in (f"train|{training.name}|{seed}" for seed in seeds)
+            if key in ledger.rows
+        ]
+        cells = [training.name, f"`{' '.join((training.experiment, *training.overrides))}`"]
+        cells.append(f"{statistics.fmean(secs) / 60:.0f}" if secs else "-")
+        cells += [
+            _ms_per_frame(_eval_entries(ledger, training.name, s, seeds)) for s in ("val", "second")
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -495,14 +520,26 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
         "The last column is the OVIS paper's Table 2 (R50, real OVIS validation set), for "
         "reference only: those are not our figures.",
         "",
+        "What each training row cost here. The CPU presets have different schedules (each fits "
+        "its family into a short CPU budget), so the rows compare presets, not architectures "
+        "at equal compute:",
+        "",
+        cost_table(ledger, seeds, TRAININGS),
+        "",
         "## OVIS Fig. 8: fusion of the reference features",
         "",
-        table(ledger, FIG8, "val", seeds, keys=("AP", "AP_HO")),
+        "CMaskTrack R-CNN trained three times, the calibrated reference features fused into "
+        "the query features by `model.calibration.fusion=calibration|difference|add`.",
         "",
-        table(ledger, FIG8, "second", seeds, keys=("AP", "AP_HO")),
-        "",
-        "(first table: val split; second: second set)",
-        "",
+    ]
+    for set_name in ("val", "second"):
+        sections += [
+            f"{'Val split' if set_name == 'val' else 'Second set'}:",
+            "",
+            table(ledger, FIG8, set_name, seeds, keys=("AP", "AP_HO")),
+            "",
+        ]
+    sections += [
         "## Oracle: the ground truth fed to the tracker (CMaskTrack R-CNN's checkpoint)",
         "",
         table(

@@ -84,6 +84,8 @@ def test_a_killed_run_resumes_from_its_last_finished_row(pt, monkeypatch, tmp_pa
     assert "| features (fast) | 30.00 | 30.00 | 400 |" in report
     assert "| predictions (papers) | 30.00 | 30.00 | 500 |" in report
     assert "14.9" in report  # the paper's figure, in its own labelled column
+    # the cost of each training row: its preset, training minutes and streamed ms/frame per set
+    assert "| STEm-Seg | `stemseg_cpu` | 0 | 500 | 500 |" in report
 
 
 def test_cells_and_verdicts_over_seeds(pt, tmp_path):
@@ -125,7 +127,7 @@ def test_a_partial_ledger_writes_a_report_that_says_what_is_missing(pt, tmp_path
     ledger = pt.Ledger(tmp_path / "rows.json")
     steps = pt.plan([0])
     for key, _ in steps[:7]:  # CMaskTrack R-CNN trained and evaluated, nothing else
-        ledger.rows[key] = {"seconds": 1.0, "metrics": {k: 25.0 for k in pt.METRICS}}
+        ledger.rows[key] = {"seconds": 600.0, "metrics": {k: 25.0 for k in pt.METRICS}}
     out = tmp_path / "docs" / "t.md"
     pt.write_report(ledger, [0], out)
     report = out.read_text()
@@ -133,3 +135,8 @@ def test_a_partial_ledger_writes_a_report_that_says_what_is_missing(pt, tmp_path
     assert "(trainings left: MaskTrack R-CNN; SipMask-VIS; CSipMask; STEm-Seg;" in report
     assert "| Calibration beats plain MaskTrack R-CNN | not run |" in report
     assert "| CMaskTrack R-CNN | 25.00 |" in report and "| MaskTrack R-CNN | - |" in report
+    assert "| CMaskTrack R-CNN | `cmasktrack_cpu` | 10 | - | - |" in report  # no timing recorded
+    assert (
+        "| MaskTrack R-CNN | `cmasktrack_cpu model.calibration=null system.lr_mult=null` | - |"
+        in report
+    )
