@@ -243,14 +243,29 @@ def evaluate_row(ckpt: str, root: Path, overrides: tuple[str, ...], out: Path) -
     return {"metrics": summary["metrics"], "timing": summary.get("timing", {})}
 
 
-def plan(seeds: list[int]) -> list[tuple[str, Any]]:
+def plan(seeds: list[int], rows: list[str] | None = None) -> list[tuple[str, Any]]:
     """Every step of a run as ``(ledger key, spec)``, in run order: each training, then the
-    evaluations of its checkpoint on both sets, so that a partial run fills whole rows."""
+    evaluations of its checkpoint on both sets, so that a partial run fills whole rows.
+
+    ``rows`` (``--rows``) keeps only the named evaluation rows and the trainings they need: a
+    training's own row has the training's name, so ``["SipMask-VIS", "CSipMask"]`` is those two
+    trainings and their evaluations, without the tracker or cue rows of other checkpoints.
+    """
+    evaluations = EVALUATIONS
+    if rows is not None:
+        known = [e.name for e in EVALUATIONS]
+        unknown = [r for r in rows if r not in known]
+        if unknown:
+            raise SystemExit(f"--rows: unknown row(s) {unknown}; the rows are: {known}")
+        evaluations = tuple(e for e in EVALUATIONS if e.name in rows)
+    needed = {e.training for e in evaluations}
     steps: list[tuple[str, Any]] = []
     for seed in seeds:
         for t in TRAININGS:
+            if t.name not in needed:
+                continue
             steps.append((f"train|{t.name}|{seed}", (t, seed)))
-            for e in EVALUATIONS:
+            for e in evaluations:
                 if e.training != t.name:
                     continue
                 for set_name in ("val", "second"):
@@ -275,7 +290,7 @@ def run(args: argparse.Namespace) -> Ledger:
     ensure_sets(data_root, second_root)
     sets = {"val": data_root, "second": second_root}
     trainings = {t.name: t for t in TRAININGS}
-    steps = plan(args.seeds)
+    steps = plan(args.seeds, args.rows)
     total = len(steps)
     start_all = time.perf_counter()
     for i, (key, spec) in enumerate(steps, 1):
@@ -349,15 +364,26 @@ def table(
     return "\n".join(lines)
 
 
+def paired_diffs(
+    ledger: Ledger, a: str, b: str, set_name: str, key: str, seeds: list[int]
+) -> list[float]:
+    """``a`` minus ``b`` for each seed that finished both rows (seeds are never mixed)."""
+    diffs = []
+    for seed in seeds:
+        va, vb = metric(ledger, a, set_name, key, [seed]), metric(ledger, b, set_name, key, [seed])
+        if va and vb:
+            diffs.append(va[0] - vb[0])
+    return diffs
+
+
 def compare(ledger: Ledger, a: str, b: str, seeds: list[int], key: str = "AP") -> str:
     """``a`` minus ``b`` on both sets, with the per-seed spread, as a sentence fragment."""
     parts = []
     for set_name, label in (("val", "val"), ("second", "second set")):
-        va, vb = metric(ledger, a, set_name, key, seeds), metric(ledger, b, set_name, key, seeds)
-        if not va or not vb:
+        diffs = paired_diffs(ledger, a, b, set_name, key, seeds)
+        if not diffs:
             parts.append(f"{label}: not run")
             continue
-        diffs = [x - y for x, y in zip(va, vb, strict=False)]
         spread = f", per seed {min(diffs):+.2f} to {max(diffs):+.2f}" if len(diffs) > 1 else ""
         parts.append(f"{label} {statistics.fmean(diffs):+.2f}{spread}")
     return "; ".join(parts)
@@ -368,8 +394,7 @@ def holds(ledger: Ledger, a: str, b: str, seeds: list[int], key: str = "AP") -> 
     never does, ``no difference`` when they are equal everywhere, ``mixed`` otherwise."""
     diffs = []
     for set_name in ("val", "second"):
-        va, vb = metric(ledger, a, set_name, key, seeds), metric(ledger, b, set_name, key, seeds)
-        diffs += [x - y for x, y in zip(va, vb, strict=False)]
+        diffs += paired_diffs(ledger, a, b, set_name, key, seeds)
     if not diffs:
         return "not run"
     if all(d == 0 for d in diffs):
@@ -478,7 +503,11 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
     hours = ledger.seconds() / 3600
     seeds_text = ", ".join(map(str, seeds))
     missing = [key for key, _ in plan(seeds) if not ledger.done(key)]
-    trainings_left = list(dict.fromkeys(k.split("|")[1] for k in missing if k.startswith("train|")))
+    trainings_left = [
+        k.split("|")[1] + (f" (seed {k.split('|')[2]})" if len(seeds) > 1 else "")
+        for k in missing
+        if k.startswith("train|")
+    ]
     sections = [
         "# The papers' comparisons on synthetic data",
         "",
@@ -489,8 +518,9 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
         f"{SECOND_SET['seed']} ({SECOND_SET['num_videos']} videos, "
         f"{round(SECOND_SET['num_videos'] * SECOND_SET['valid_fraction'])} of them in its val "
         f"split). Seeds: {seeds_text}; with several seeds a cell is mean ± half the min-max "
-        f"spread. Compute: {hours:.2f} h of wall time on this machine "
-        f"({platform.machine()}, {os.cpu_count()} CPUs), summed over finished rows.",
+        f"spread over the seeds that finished its row (a cell without ± is one seed), and a "
+        f"claim compares two rows seed by seed. Compute: {hours:.2f} h of wall time on this "
+        f"machine ({platform.machine()}, {os.cpu_count()} CPUs), summed over finished rows.",
         "",
         f"![AP per row](./{chart.name})",
         "",
@@ -498,8 +528,9 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
     if missing:
         sections[-2:-2] = [
             f"**Partial run:** {len(missing)} of {len(plan(seeds))} steps are not finished "
-            f"(trainings left: {'; '.join(trainings_left) or 'none'}); their cells read `-` and "
-            f"their claims `not run`. `make paper-tables` continues from here.",
+            f"(trainings left: {'; '.join(trainings_left) or 'none'}); a cell no seed finished "
+            f"reads `-`, a claim no seed finished reads `not run`. `make paper-tables` "
+            f"continues from here.",
             "",
         ]
     for set_name, label in (("val", "val split"), ("second", "second set")):
@@ -653,6 +684,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(REPO / "docs" / "paper_tables.md"))
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the report from rows.json"
+    )
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        metavar="ROW",
+        help="run only these evaluation rows and the trainings they need (e.g. --seeds 0 1 "
+        "--rows SipMask-VIS CSipMask); the report still covers every row",
     )
     args = parser.parse_args(argv)
     ledger = Ledger.load(Path(args.work) / "rows.json") if args.report_only else run(args)

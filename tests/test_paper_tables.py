@@ -140,3 +140,35 @@ def test_a_partial_ledger_writes_a_report_that_says_what_is_missing(pt, tmp_path
         "| MaskTrack R-CNN | `cmasktrack_cpu model.calibration=null system.lr_mult=null` | - |"
         in report
     )
+
+
+def test_rows_restricts_a_run_to_named_rows_and_the_trainings_they_need(pt, monkeypatch, tmp_path):
+    steps = [key for key, _ in pt.plan([1], ["SipMask-VIS", "tracker: SeqTracker"])]
+    assert steps == [
+        "train|MaskTrack R-CNN|1",
+        "eval|tracker: SeqTracker|val|1",
+        "eval|tracker: SeqTracker|second|1",
+        "train|SipMask-VIS|1",
+        "eval|SipMask-VIS|val|1",
+        "eval|SipMask-VIS|second|1",
+    ]
+    with pytest.raises(SystemExit, match="unknown row"):
+        pt.plan([0], ["SipMask"])
+    calls: list[str] = []
+    _fake(pt, monkeypatch, calls)
+    args = ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "t.md"), "--seeds", "0"]
+    pt.main([*args, "--rows", "CSipMask"])
+    assert calls[0] == "train CSipMask 0" and len(calls) == 3
+    report = (tmp_path / "t.md").read_text()  # the report still covers every row
+    assert "| MaskTrack R-CNN | - |" in report and "| CSipMask | 20.00 |" in report
+
+
+def test_claims_pair_seeds_and_never_mix_them(pt, tmp_path):
+    ledger = pt.Ledger(tmp_path / "rows.json")
+    for set_name in ("val", "second"):
+        ledger.rows[f"eval|A|{set_name}|0"] = {"metrics": {"AP": 10.0}}
+        ledger.rows[f"eval|A|{set_name}|1"] = {"metrics": {"AP": 30.0}}
+        ledger.rows[f"eval|B|{set_name}|1"] = {"metrics": {"AP": 20.0}}  # B ran seed 1 only
+    assert pt.paired_diffs(ledger, "A", "B", "val", "AP", [0, 1]) == [10.0]
+    assert pt.holds(ledger, "A", "B", [0, 1]) == "holds"  # not A's seed 0 against B's seed 1
+    assert pt.compare(ledger, "A", "B", [0, 1]) == "val +10.00; second set +10.00"
