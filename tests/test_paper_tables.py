@@ -172,3 +172,23 @@ def test_claims_pair_seeds_and_never_mix_them(pt, tmp_path):
     assert pt.paired_diffs(ledger, "A", "B", "val", "AP", [0, 1]) == [10.0]
     assert pt.holds(ledger, "A", "B", [0, 1]) == "holds"  # not A's seed 0 against B's seed 1
     assert pt.compare(ledger, "A", "B", [0, 1]) == "val +10.00; second set +10.00"
+
+
+def test_every_training_row_composes_into_a_model_its_optimiser_fits(pt, tmp_path):
+    """Each row's preset + overrides builds, and its lr_mult prefixes name real parameters (the
+    ``add`` fusion has no offset branch: its row must drop the preset's multiplier)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from ovisnet.train import CONFIG_DIR
+
+    for training in pt.TRAININGS:
+        overrides = [f"experiment={training.experiment}", *training.overrides]
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[*overrides, f"paths.output_dir={tmp_path}"])
+        model = instantiate(cfg.model, _convert_="all")
+        system = instantiate(cfg.system, model=model, _convert_="all")
+        groups = system.param_groups()
+        assert sum(len(g["params"]) for g in groups) == sum(
+            1 for p in model.parameters() if p.requires_grad
+        ), training.name

@@ -268,7 +268,11 @@ class VISSystem(L.LightningModule):
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         unused = [k for k in mults if not any(n.startswith(k) for n, _ in named)]
         if unused:
-            raise ValueError(f"lr_mult prefixes match no trainable parameter: {unused}")
+            raise ValueError(
+                f"lr_mult prefixes match no trainable parameter: {unused} (a typo, or a part "
+                "this model does not have: model.calibration.fusion=add has no offset branch "
+                "and calibration=null no calibration; drop them with system.lr_mult=null)"
+            )
         groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
         for name, param in named:
             matches = [k for k in mults if name.startswith(k)]
