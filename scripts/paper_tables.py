@@ -175,8 +175,13 @@ class Ledger:
         tmp.write_text(json.dumps(self.rows, indent=1, sort_keys=True))
         tmp.replace(self.path)  # atomic: a kill never leaves a half-written ledger
 
-    def seconds(self) -> float:
-        return sum(float(r.get("seconds", 0.0)) for r in self.rows.values())
+    def seconds(self, seeds: list[int] | None = None) -> float:
+        """Wall seconds summed over the finished rows (of ``seeds`` only, when given)."""
+        return sum(
+            float(r.get("seconds", 0.0))
+            for key, r in self.rows.items()
+            if seeds is None or int(key.rsplit("|", 1)[1]) in seeds
+        )
 
 
 def slug(text: str) -> str:
@@ -506,7 +511,7 @@ def write_chart(ledger: Ledger, seeds: list[int], path: Path) -> None:
 def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
     chart = out.with_suffix(".png")
     write_chart(ledger, seeds, chart)
-    hours = ledger.seconds() / 3600
+    hours = ledger.seconds(seeds) / 3600
     seeds_text = ", ".join(map(str, seeds))
     missing = [key for key, _ in plan(seeds) if not ledger.done(key)]
     trainings_left = [
@@ -526,7 +531,8 @@ def write_report(ledger: Ledger, seeds: list[int], out: Path) -> None:
         f"split). Seeds: {seeds_text}; with several seeds a cell is mean ± half the min-max "
         f"spread over the seeds that finished its row (a cell without ± is one seed), and a "
         f"claim compares two rows seed by seed. Compute: {hours:.2f} h of wall time on this "
-        f"machine ({platform.machine()}, {os.cpu_count()} CPUs), summed over finished rows.",
+        f"machine ({platform.machine()}, {os.cpu_count()} CPUs), summed over the finished rows "
+        f"of these seeds.",
         "",
         f"![AP per row](./{chart.name})",
         "",

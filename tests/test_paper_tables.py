@@ -103,6 +103,9 @@ def test_cells_and_verdicts_over_seeds(pt, tmp_path):
         "val +0.00, per seed -2.00 to +2.00; second set +0.00, per seed -2.00 to +2.00"
     )
     assert pt.holds(ledger, "A", "C", [0]) == "not run"
+    for key in ledger.rows:
+        ledger.rows[key]["seconds"] = 10.0
+    assert ledger.seconds([1]) == 40.0 and ledger.seconds() == 80.0
 
 
 def test_a_training_killed_part_way_resumes_from_its_last_checkpoint(pt, monkeypatch, tmp_path):
