@@ -333,13 +333,18 @@ def run(args: argparse.Namespace) -> Ledger:
 # -- the report ---------------------------------------------------------------------------------
 
 
+def entries(ledger: Ledger, prefix: str, seeds: list[int]) -> list[dict]:
+    """The finished ledger rows ``f"{prefix}|{seed}"`` of ``seeds``, in seed order."""
+    keys = (f"{prefix}|{seed}" for seed in seeds)
+    return [ledger.rows[key] for key in keys if key in ledger.rows]
+
+
 def metric(ledger: Ledger, row: str, set_name: str, key: str, seeds: list[int]) -> list[float]:
-    values = []
-    for seed in seeds:
-        entry = ledger.rows.get(f"eval|{row}|{set_name}|{seed}")
-        if entry is not None and key in entry["metrics"]:
-            values.append(float(entry["metrics"][key]))
-    return values
+    return [
+        float(e["metrics"][key])
+        for e in entries(ledger, f"eval|{row}|{set_name}", seeds)
+        if key in e["metrics"]
+    ]
 
 
 def cell(values: list[float]) -> str:
@@ -418,11 +423,6 @@ def holds(ledger: Ledger, a: str, b: str, seeds: list[int], key: str = "AP") -> 
     )
 
 
-def _eval_entries(ledger: Ledger, row: str, set_name: str, seeds: list[int]) -> list[dict]:
-    keys = (f"eval|{row}|{set_name}|{seed}" for seed in seeds)
-    return [ledger.rows[key] for key in keys if key in ledger.rows]
-
-
 def _ms_per_frame(entries: list[dict]) -> str:
     ms = [e["timing"]["ms_per_frame"] for e in entries if e.get("timing")]
     return f"{statistics.fmean(ms):.0f}" if ms else "-"
@@ -439,9 +439,9 @@ def fusion_table(ledger: Ledger, seeds: list[int]) -> str:
         cells = [label]
         for set_name in ("val", "second"):
             cells += [cell(metric(ledger, row, set_name, k, seeds)) for k in ("AP", "AP_HO")]
-            entries = _eval_entries(ledger, row, set_name, seeds)
-            secs = [float(e["seconds"]) for e in entries]
-            cells.append(_ms_per_frame(entries))
+            done = entries(ledger, f"eval|{row}|{set_name}", seeds)
+            secs = [float(e["seconds"]) for e in done]
+            cells.append(_ms_per_frame(done))
             cells.append(f"{statistics.fmean(secs):.0f}" if secs else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -453,15 +453,12 @@ def cost_table(ledger: Ledger, seeds: list[int], trainings: tuple[Training, ...]
     head = ["", "preset", "training min", "ms/frame val", "ms/frame second"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for training in trainings:
-        secs = [
-            float(ledger.rows[key]["seconds"])
-            for key in (f"train|{training.name}|{seed}" for seed in seeds)
-            if key in ledger.rows
-        ]
+        secs = [float(e["seconds"]) for e in entries(ledger, f"train|{training.name}", seeds)]
         cells = [training.name, f"`{' '.join((training.experiment, *training.overrides))}`"]
         cells.append(f"{statistics.fmean(secs) / 60:.0f}" if secs else "-")
         cells += [
-            _ms_per_frame(_eval_entries(ledger, training.name, s, seeds)) for s in ("val", "second")
+            _ms_per_frame(entries(ledger, f"eval|{training.name}|{s}", seeds))
+            for s in ("val", "second")
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
